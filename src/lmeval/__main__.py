@@ -1,0 +1,3 @@
+from lmeval.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""Every failure a user can hit, each with the exit code it ends lmeval with.
+
+The CLI turns any `LmevalError` into one line on stderr and its exit code; anything else is a
+bug and keeps its traceback (shown with --debug).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_STAGE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class LmevalError(Exception):
+    """A failure explained to the user in one line (plus optional detail lines)."""
+
+    exit_code = EXIT_STAGE_FAILED
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class UsageError(LmevalError):
+    """Bad options or input, found before anything starts."""
+
+    exit_code = EXIT_USAGE
+
+
+class StageFailed(LmevalError):
+    """Something went wrong while running: a server, OpenCompass, missing outputs."""
+
+    exit_code = EXIT_STAGE_FAILED
+
+
+class ServerFailed(StageFailed):
+    """A server exited, never became ready, or is not ours."""
+
+
+class Interrupted(LmevalError):
+    """Ctrl-C or SIGTERM reached lmeval; everything it started has been stopped."""
+
+    exit_code = EXIT_INTERRUPTED

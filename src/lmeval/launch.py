@@ -1,0 +1,423 @@
+"""LMDeploy servers owned by lmeval: built from a spec, started in a session of their own,
+checked ready, and stopped with every process they spawned.
+
+Each server carries a tag in its environment (inherited by every descendant, including the
+workers that move into sessions of their own), so a stop, or a later `lmeval cleanup`, can find
+them all even after their parent died.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from lmeval.exceptions import ServerFailed, UsageError
+from lmeval.signals import shielded
+
+TAG_ENV = "LMEVAL_TAG"  # unique per server; inherited by all its descendants
+OWNER_ENV = "LMEVAL_OWNER"  # "pid:create_time" of the lmeval process that owns the server
+RUN_ENV = "LMEVAL_RUN_ID"
+REDACTED = "***"
+LOG_TAIL_LINES = 20
+
+# Flags lmeval sets itself; in --server-args they would silently fight lmeval's own.
+OWNED_FLAGS = {
+    "--server-name": "--host",
+    "--server-port": "--port",
+    "--tp": "--tp",
+    "--api-keys": "the API key lmeval makes",
+    "--model-name": "the served name lmeval sets",
+    "--proxy-url": "--replicas",
+}
+
+
+class ServerSpec(BaseModel):
+    """Everything that defines one LMDeploy api_server; argv and environment derive from it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: str
+    model: str
+    served_name: str
+    gpus: tuple[int, ...]
+    tp: int
+    host: str = "127.0.0.1"
+    port: int
+    api_key: SecretStr
+    extra_args: tuple[str, ...] = ()
+    proxy_url: str | None = None
+
+    @property
+    def client_host(self) -> str:
+        """Where clients reach it: a wildcard bind is reached through loopback."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+
+    @property
+    def url(self) -> str:
+        return f"http://{_bracketed(self.client_host)}:{self.port}"
+
+
+def new_api_key() -> SecretStr:
+    return SecretStr("sk-lmeval-" + secrets.token_urlsafe(24))
+
+
+def parse_server_args(text: str, option: str = "--server-args") -> tuple[str, ...]:
+    """Split the user's extra LMDeploy flags, refusing bad quoting and flags lmeval owns."""
+    try:
+        args = tuple(shlex.split(text))
+    except ValueError as error:
+        raise UsageError(f"{option}: cannot split {text!r}: {error}") from None
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in OWNED_FLAGS:
+            raise UsageError(f"{option} must not set {flag}: lmeval sets it; use {OWNED_FLAGS[flag]} instead")
+    return args
+
+
+def server_arg_value(args: Iterable[str], flag: str) -> str | None:
+    """The value the user gave FLAG in extra args (`--flag V` or `--flag=V`), last one wins."""
+    value = None
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def server_argv(lmdeploy: Path | str, spec: ServerSpec) -> list[str]:
+    """The `lmdeploy serve api_server` command line for SPEC (flags of LMDeploy 0.18)."""
+    argv = [
+        str(lmdeploy), "serve", "api_server", spec.model,
+        "--server-name", spec.host,
+        "--server-port", str(spec.port),
+        "--tp", str(spec.tp),
+        "--model-name", spec.served_name,
+    ]
+    if spec.proxy_url:
+        argv += ["--proxy-url", spec.proxy_url]
+    # --api-keys takes any number of values: put it last before the user's flags.
+    argv += ["--api-keys", spec.api_key.get_secret_value()]
+    return argv + list(spec.extra_args)
+
+
+def server_env(spec: ServerSpec, base: dict[str, str], tag: str, owner: str, run_id: str = "") -> dict[str, str]:
+    """The child's environment: GPUs through CUDA_VISIBLE_DEVICES, and the tags that find it later."""
+    env = dict(base)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in spec.gpus)
+    env[TAG_ENV] = tag
+    env[OWNER_ENV] = owner
+    if run_id:
+        env[RUN_ENV] = run_id
+    return env
+
+
+def redact(argv: Iterable[str], secret_values: Iterable[str]) -> list[str]:
+    hidden = {value for value in secret_values if value}
+    return [REDACTED if arg in hidden else arg for arg in argv]
+
+
+def owner_token(pid: int | None = None) -> str:
+    """Identify a process across PID reuse: pid plus its start time."""
+    process = psutil.Process(pid)
+    return f"{process.pid}:{process.create_time():.3f}"
+
+
+def owner_alive(token: str) -> bool:
+    pid, _, created = token.partition(":")
+    try:
+        return f"{float(psutil.Process(int(pid)).create_time()):.3f}" == created
+    except (ValueError, psutil.Error):
+        return False
+
+
+# ---------------------------------------------------------------- ports
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def free_port(host: str) -> int:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a taken port now: LMDeploy would only find out after loading the whole model."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            raise UsageError(
+                f"port {port} on {host} is taken ({error.strerror}); pick another --port or leave it out"
+            ) from None
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when lmeval dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def tagged_processes(match) -> list[psutil.Process]:
+    """Every process whose lmeval tag satisfies MATCH(tag, owner)."""
+    found = []
+    me = os.getpid()
+    for process in psutil.process_iter():
+        if process.pid == me:
+            continue
+        try:
+            env = process.environ()
+        except (psutil.Error, OSError):
+            continue
+        tag = env.get(TAG_ENV)
+        if tag and match(tag, env.get(OWNER_ENV, "")):
+            found.append(process)
+    return found
+
+
+def end_processes(processes: Iterable[psutil.Process], timeout: float = 5.0) -> list[psutil.Process]:
+    """SIGKILL PROCESSES and wait until they are gone; return those that were alive."""
+    alive = []
+    for process in processes:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            process.kill()
+            alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+    return alive
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Server:
+    """One running LMDeploy api_server and everything it spawned."""
+
+    def __init__(self, spec: ServerSpec, lmdeploy: Path, folder: Path, run_id: str = "") -> None:
+        self.spec = spec
+        self.argv = server_argv(lmdeploy, spec)
+        self.folder = folder
+        self.log_path = folder / f"{spec.role}.log"
+        self.state_path = folder / f"{spec.role}.json"
+        self.run_id = run_id
+        self.tag = f"{spec.role}-{uuid.uuid4().hex[:12]}"
+        self.popen: subprocess.Popen | None = None
+        self.created = 0.0
+
+    @property
+    def command(self) -> str:
+        """The command line with the key hidden: safe to print, log and store."""
+        return shlex.join(redact(self.argv, [self.spec.api_key.get_secret_value()]))
+
+    def start(self, base_env: dict[str, str] | None = None) -> None:
+        check_port_free(self.spec.host, self.spec.port)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = server_env(self.spec, dict(os.environ if base_env is None else base_env),
+                         self.tag, owner_token(), self.run_id)
+        with open(self.log_path, "ab") as log:
+            os.chmod(self.log_path, 0o600)
+            self.popen = subprocess.Popen(
+                self.argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        self.created = psutil.Process(self.popen.pid).create_time()
+        self._write_state(stopped=False)
+
+    def _write_state(self, stopped: bool) -> None:
+        state = {
+            "role": self.spec.role,
+            "pid": self.popen.pid if self.popen else None,
+            "pgid": self.popen.pid if self.popen else None,
+            "created": self.created,
+            "tag": self.tag,
+            "owner": owner_token(),
+            "host": self.spec.host,
+            "port": self.spec.port,
+            "url": self.spec.url,
+            "gpus": list(self.spec.gpus),
+            "log": str(self.log_path),
+            "command": self.command,
+            "stopped": stopped,
+        }
+        fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(state, handle, indent=2)
+
+    def exit_code(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def failure(self, what: str) -> ServerFailed:
+        """A ServerFailed naming the server, its log tail and how to reproduce it."""
+        detail = f"log {self.log_path}, last lines:\n{log_tail(self.log_path)}\nreproduce with: {self.command}"
+        return ServerFailed(f"{self.spec.role} server {what}; see {self.log_path}", detail)
+
+    def check_alive(self) -> None:
+        code = self.exit_code()
+        if code is not None:
+            raise self.failure(f"exited with code {code}")
+
+    def listening_pids(self) -> set[int]:
+        """PIDs in this server's process tree that listen on its port."""
+        pids = set()
+        for process in self._tree():
+            try:
+                connections = process.net_connections(kind="inet")
+            except psutil.Error:
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.spec.port for c in connections):
+                pids.add(process.pid)
+        return pids
+
+    def _leader(self) -> psutil.Process | None:
+        if self.popen is None:
+            return None
+        return live_process(self.popen.pid, self.created)
+
+    def _tree(self) -> list[psutil.Process]:
+        leader = self._leader()
+        return process_tree(leader) if leader else []
+
+    def stop(self, grace: float = 10.0) -> int:
+        """End the server and every process it spawned; return how many processes were ended."""
+        if self.popen is None:
+            return 0
+        ended = terminate(self._leader(), self.tag, grace)
+        self.popen.wait()
+        self._write_state(stopped=True)
+        return ended
+
+
+def live_process(pid: int, created: float) -> psutil.Process | None:
+    """The process PID if it is still the one that started at CREATED (not a reused pid)."""
+    try:
+        process = psutil.Process(pid)
+        return process if process.create_time() == created else None
+    except psutil.Error:
+        return None
+
+
+def process_tree(leader: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return [leader]
+
+
+def terminate(leader: psutil.Process | None, tag: str, grace: float) -> int:
+    """Stop a server's whole tree: LEADER and descendants, plus anything carrying TAG.
+
+    Descendants are listed before any signal (once the leader dies they are orphans). The
+    leader's group gets SIGTERM so LMDeploy can shut down cleanly; once the leader has exited,
+    or after GRACE seconds, whatever remains - workers that ignore SIGTERM, workers in sessions
+    of their own - is killed. Returns the number of processes ended.
+    """
+    def tagged() -> dict[int, psutil.Process]:
+        return {p.pid: p for p in tagged_processes(lambda found, owner: found == tag)}
+
+    known = {p.pid: p for p in process_tree(leader)} if leader else {}
+    known.update(tagged())
+    if leader is not None:
+        try:
+            os.killpg(leader.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        psutil.wait_procs([leader], timeout=grace)
+    known.update(tagged())
+    end_processes(known.values())
+    return len(known)
+
+
+class ServerGroup:
+    """The servers of one lmeval command. Leaving the block stops every one, whatever happened."""
+
+    def __init__(self, lmdeploy: Path, folder: Path, run_id: str = "", grace: float = 10.0,
+                 notify=lambda text: None) -> None:
+        self.lmdeploy = lmdeploy
+        self.folder = folder
+        self.run_id = run_id
+        self.grace = grace
+        self.notify = notify
+        self.servers: list[Server] = []
+
+    def start(self, spec: ServerSpec) -> Server:
+        server = Server(spec, self.lmdeploy, self.folder, self.run_id)
+        self.servers.append(server)
+        server.start()
+        self.notify(f"started {spec.role} server on GPUs {_gpu_text(spec.gpus)}, port {spec.port}: {server.command}")
+        return server
+
+    def stop(self, server: Server) -> None:
+        with shielded():
+            ended = server.stop(self.grace)
+            self.servers.remove(server)
+            self.notify(f"stopped {server.spec.role} server ({ended} processes ended)")
+
+    def __enter__(self) -> ServerGroup:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for server in reversed(list(self.servers)):
+            self.stop(server)
+
+
+def _gpu_text(gpus: Iterable[int]) -> str:
+    return ",".join(str(gpu) for gpu in gpus)
+
+
+def model_is_path(model: str) -> bool:
+    """A model is a local folder unless it looks like a hub id (`org/name`) and no such folder exists."""
+    if Path(model).expanduser().exists():
+        return True
+    return not re.fullmatch(r"[\w.-]+/[\w.-]+", model) or model.startswith(".")
+
+
+def check_model(model: str, option: str = "MODEL") -> str:
+    """Refuse a model path that does not exist before any server starts loading."""
+    if model_is_path(model):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise UsageError(f"{option}: model path {model} does not exist; give a model folder or a hub id like org/name")
+        return str(path.absolute())
+    return model
+
+
+def served_name(model: str) -> str:
+    """The name a server reports in /v1/models: a folder's name, or the hub id."""
+    return Path(model).name if model_is_path(model) else model
+

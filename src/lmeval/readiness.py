@@ -1,0 +1,125 @@
+"""When is a server ready? Checks in order, each a step further than the last:
+our process alive -> its port open, by our process -> /v1/models lists our model -> /health 200.
+
+A server that exits while loading fails the wait at once; one that never gets there fails it
+at the deadline. Both name the server, its log and the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+
+import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from lmeval.exceptions import ServerFailed
+from lmeval.launch import Server
+
+POLL_SECONDS = 0.05
+CONNECT_SECONDS = 0.5
+
+
+class NotReady(Exception):
+    """The server is alive but still loading; the message says which step it is at."""
+
+
+def http_client() -> httpx.Client:
+    """A client for our own servers: short timeouts, and no proxy from the environment."""
+    return httpx.Client(timeout=httpx.Timeout(5.0, connect=CONNECT_SECONDS), trust_env=False)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def served_models(client: httpx.Client, base_url: str, api_key: str | None) -> list[str]:
+    """The model ids `/v1/models` lists; raises httpx errors for transport problems."""
+    response = client.get(f"{base_url}/v1/models", headers=auth_headers(api_key))
+    response.raise_for_status()
+    return [entry["id"] for entry in response.json().get("data", [])]
+
+
+class ReadinessCheck:
+    """Tracks how far one server has got, so each poll resumes at the step it reached."""
+
+    def __init__(self, server: Server, client: httpx.Client) -> None:
+        self.server = server
+        self.client = client
+        self.owned_port = False
+
+    def probe(self) -> None:
+        """Return when ready; raise NotReady to poll again, ServerFailed to give up."""
+        server, spec = self.server, self.server.spec
+        server.check_alive()
+        if not port_open(spec.client_host, spec.port):
+            raise NotReady("loading the model (port not open yet)")
+        if not self.owned_port:
+            if not server.listening_pids():
+                server.check_alive()
+                raise server.failure(f"cannot be reached: another process answers on port {spec.port}")
+            self.owned_port = True
+        key = spec.api_key.get_secret_value()
+        try:
+            models = served_models(self.client, spec.url, key)
+        except httpx.HTTPStatusError as error:
+            if error.response.status_code in (401, 403):
+                raise server.failure(f"rejects lmeval's API key on port {spec.port}") from None
+            raise NotReady(f"/v1/models answered {error.response.status_code}") from None
+        except (httpx.HTTPError, ValueError) as error:
+            raise NotReady(f"/v1/models not answering ({type(error).__name__})") from None
+        if spec.served_name not in models:
+            raise server.failure(f"serves {models}, not {spec.served_name!r}")
+        try:
+            status = self.client.get(f"{spec.url}/health").status_code
+        except httpx.HTTPError as error:
+            raise NotReady(f"/health not answering ({type(error).__name__})") from None
+        if status != 200:
+            raise NotReady(f"initializing (/health answered {status})")
+
+
+def wait_ready(
+    servers: Sequence[Server],
+    timeout: float,
+    on_ready: Callable[[Server], None] = lambda server: None,
+    poll_seconds: float = POLL_SECONDS,
+) -> None:
+    """Poll every server until all are ready; a crash of any of them ends the wait at once."""
+    with http_client() as client:
+        pending = [ReadinessCheck(server, client) for server in servers]
+        waiting: dict[str, str] = {}
+
+        def poll_all() -> None:
+            for check in list(pending):
+                try:
+                    check.probe()
+                except NotReady as reason:
+                    waiting[check.server.spec.role] = str(reason)
+                    continue
+                pending.remove(check)
+                on_ready(check.server)
+            if pending:
+                raise NotReady()
+
+        retrying = Retrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_fixed(poll_seconds),
+            retry=retry_if_exception_type(NotReady),
+            reraise=True,
+        )
+        try:
+            retrying(poll_all)
+        except NotReady:
+            check = pending[0]
+            raise check.server.failure(
+                f"not ready after {timeout:g} s ({waiting.get(check.server.spec.role)}); "
+                "raise --ready-timeout if the model needs longer to load"
+            ) from None

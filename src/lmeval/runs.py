@@ -1,0 +1,46 @@
+"""Run ids and run folders. lmeval picks the id, so the folder is known before anything starts,
+and claims the folder atomically, so no run's outputs are ever overwritten."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from lmeval.exceptions import UsageError
+
+RUN_ID_FORMAT = "%Y%m%d_%H%M%S"
+RUN_ID_PATTERN = re.compile(r"\d{8}_\d{6}")
+
+
+def prepare_work_dir(work_dir: Path) -> Path:
+    """Create WORK_DIR if needed and check lmeval can write there; return it absolute."""
+    work_dir = work_dir.expanduser().absolute()
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create work dir {work_dir}: {error.strerror}; pick another -w") from None
+    if not os.access(work_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"work dir {work_dir} is not writable; pick another -w")
+    return work_dir
+
+
+def claim_new_folder(work_dir: Path, prefix: str = "", now: datetime | None = None) -> tuple[str, Path]:
+    """Make a new folder named PREFIX + a timestamp id, owner-only; later seconds if taken."""
+    moment = now or datetime.now()
+    for step in range(3600):
+        run_id = (moment + timedelta(seconds=step)).strftime(RUN_ID_FORMAT)
+        folder = work_dir / f"{prefix}{run_id}"
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return run_id, folder
+    raise UsageError(f"could not find a free run id in {work_dir}; clean up old runs")
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise UsageError(f"run id {run_id!r} is malformed; run ids look like 20250101_120000")
+    return run_id

@@ -1,0 +1,119 @@
+"""Server specs turned into argv and environment, checked against the real LMDeploy parser."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from lmeval.exceptions import UsageError
+from lmeval.launch import (
+    ServerSpec,
+    check_model,
+    check_port_free,
+    parse_server_args,
+    redact,
+    server_arg_value,
+    server_argv,
+    server_env,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def spec(**overrides) -> ServerSpec:
+    values = dict(role="target", model="/models/Qwen3-8B", served_name="Qwen3-8B", gpus=(0, 1), tp=2,
+                  port=12345, api_key=SecretStr("sk-secret"), extra_args=("--session-len", "65536"))
+    values.update(overrides)
+    return ServerSpec(**values)
+
+
+def test_argv_is_exact():
+    assert server_argv("/venv/bin/lmdeploy", spec()) == [
+        "/venv/bin/lmdeploy", "serve", "api_server", "/models/Qwen3-8B",
+        "--server-name", "127.0.0.1", "--server-port", "12345", "--tp", "2",
+        "--model-name", "Qwen3-8B", "--api-keys", "sk-secret", "--session-len", "65536",
+    ]
+
+
+def test_argv_with_proxy_registers_there():
+    argv = server_argv("lmdeploy", spec(proxy_url="http://127.0.0.1:9000", extra_args=()))
+    assert argv[-4:] == ["--proxy-url", "http://127.0.0.1:9000", "--api-keys", "sk-secret"]
+
+
+def test_real_lmdeploy_parser_reads_our_argv(lmdeploy_python):
+    argv = server_argv("lmdeploy", spec(proxy_url="http://127.0.0.1:9000",
+                                        extra_args=("--max-batch-size", "256", "--backend", "pytorch")))
+    parsed = json.loads(subprocess.run([str(lmdeploy_python), str(REPO / "tests" / "lmdeploy_parse.py"), *argv[1:]],
+                                       capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    assert parsed["model_path"] == "/models/Qwen3-8B"
+    assert parsed["server_name"] == "127.0.0.1"
+    assert parsed["server_port"] == 12345
+    assert parsed["tp"] == 2
+    assert parsed["model_name"] == "Qwen3-8B"
+    assert parsed["api_keys"] == ["sk-secret"]
+    assert parsed["proxy_url"] == "http://127.0.0.1:9000"
+    assert parsed["max_batch_size"] == 256
+    assert parsed["backend"] == "pytorch"
+
+
+def test_env_sets_gpus_and_tags_without_touching_the_base():
+    base = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "5"}
+    env = server_env(spec(), base, tag="target-abc", owner="1:2.000", run_id="20250101_120000")
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert (env["LMEVAL_TAG"], env["LMEVAL_OWNER"], env["LMEVAL_RUN_ID"]) == ("target-abc", "1:2.000", "20250101_120000")
+    assert base == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "5"}
+
+
+def test_redact_hides_the_key():
+    assert redact(["--api-keys", "sk-secret", "x"], ["sk-secret"]) == ["--api-keys", "***", "x"]
+
+
+def test_url_of_a_wildcard_bind_goes_through_loopback():
+    assert spec(host="0.0.0.0").url == "http://127.0.0.1:12345"
+    assert spec(host="::1").url == "http://[::1]:12345"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("--tp 2", "--server-args must not set --tp: lmeval sets it; use --tp instead"),
+    ("--server-port=1", "--server-args must not set --server-port: lmeval sets it; use --port instead"),
+    ("--api-keys k", "--server-args must not set --api-keys: lmeval sets it; use the API key lmeval makes instead"),
+    ("--session-len '4", "--server-args: cannot split \"--session-len '4\": No closing quotation"),
+])
+def test_server_args_refused(text, message):
+    with pytest.raises(UsageError) as caught:
+        parse_server_args(text)
+    assert caught.value.message == message
+
+
+def test_server_args_split_and_read():
+    args = parse_server_args("--session-len 65536 --max-batch-size=256 --chat-template 'a b'")
+    assert args == ("--session-len", "65536", "--max-batch-size=256", "--chat-template", "a b")
+    assert server_arg_value(args, "--max-batch-size") == "256"
+    assert server_arg_value(args, "--cache-max-entry-count") is None
+
+
+def test_taken_port_is_refused_before_start():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(UsageError) as caught:
+            check_port_free("127.0.0.1", port)
+    assert caught.value.message == (
+        f"port {port} on 127.0.0.1 is taken (Address already in use); pick another --port or leave it out")
+
+
+def test_model_paths(tmp_path):
+    assert check_model(str(tmp_path)) == str(tmp_path)
+    assert check_model("opencompass/CompassVerifier-32B") == "opencompass/CompassVerifier-32B"
+    with pytest.raises(UsageError) as caught:
+        check_model(str(tmp_path / "missing"))
+    assert caught.value.message == (
+        f"MODEL: model path {tmp_path / 'missing'} does not exist; give a model folder or a hub id like org/name")
+    with pytest.raises(UsageError):
+        check_model("./org/name")
