@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from lmeval.exceptions import UsageError
@@ -43,6 +44,12 @@ def inventory() -> list[Gpu] | None:
         return gpus
     finally:
         pynvml.nvmlShutdown()
+
+
+@functools.cache
+def cached_inventory() -> list[Gpu] | None:
+    """The inventory as first read by this lmeval: one NVML round per command."""
+    return inventory()
 
 
 def parse_gpu_list(text: str, option: str = "--gpus") -> list[int]:
@@ -106,3 +113,15 @@ def assign(
 
 def _ids(ids: list[int]) -> str:
     return ",".join(str(i) for i in ids)
+
+
+# LMDeploy's default --max-batch-size by GPU name (lmdeploy.utils.get_max_batch_size, 0.18).
+_MAX_BATCH_SIZE = {"a100": 384, "a800": 384, "h100": 1024, "h800": 1024, "l20y": 1024, "h200": 1024}
+DEFAULT_MAX_BATCH_SIZE = 128
+
+
+def default_max_batch_size(ids: list[int], gpus: list[Gpu] | None) -> int:
+    """What LMDeploy picks when --max-batch-size is not given, from the first GPU it sees."""
+    names = {gpu.index: gpu.name.lower() for gpu in gpus or []}
+    name = names.get(ids[0], "") if ids else ""
+    return next((size for key, size in _MAX_BATCH_SIZE.items() if key in name), DEFAULT_MAX_BATCH_SIZE)

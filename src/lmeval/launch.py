@@ -177,11 +177,13 @@ def check_port_free(host: str, port: int) -> None:
 # ---------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when lmeval dies, even by SIGKILL (Linux)."""
+def prepare_child() -> None:
+    """In a child before exec: files it writes are the owner's alone, and it gets SIGTERM
+    when lmeval dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
+    os.umask(0o077)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGTERM)
     except OSError:
         pass
 
@@ -254,7 +256,7 @@ class Server:
             os.chmod(self.log_path, 0o600)
             self.popen = subprocess.Popen(
                 self.argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=prepare_child,
             )
         self.created = psutil.Process(self.popen.pid).create_time()
         self._write_state(stopped=False)

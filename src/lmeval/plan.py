@@ -3,6 +3,17 @@ server starts loading."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from lmeval import __version__, configgen, outputs
 from lmeval import gpus as gpu_inventory
 from lmeval.exceptions import UsageError
 from lmeval.launch import (
@@ -12,8 +23,14 @@ from lmeval.launch import (
     free_port,
     new_api_key,
     parse_server_args,
+    redact,
+    server_arg_value,
     served_name,
 )
+from lmeval.manifest import Manifest
+from lmeval.options import EvalOptions
+from lmeval.runs import check_run_id, claim_new_folder, prepare_work_dir
+from lmeval.tools import LMDEPLOY, OPENCOMPASS, find_executable, installed_version
 
 
 def plan_server(
@@ -27,12 +44,10 @@ def plan_server(
     server_args: str,
     option_prefix: str = "",
     taken_gpus: frozenset[int] = frozenset(),
-    inventory: list[gpu_inventory.Gpu] | None | bool = True,
 ) -> tuple[ServerSpec, str | None]:
     """Check one server's options and resolve GPUs, port and key. Returns the spec and a warning.
 
-    OPTION_PREFIX names the options in messages (`--judge-` for the judge's). INVENTORY is the
-    GPU list, None for none readable, or True to read it through NVML.
+    OPTION_PREFIX names the options in messages (`--judge-` for the judge's).
     """
     gpu_option, tp_option = f"--{option_prefix}gpus", f"--{option_prefix}tp"
     model_path = check_model(model)
@@ -41,8 +56,8 @@ def plan_server(
     if tp is not None and tp < 1:
         raise UsageError(f"{tp_option} must be at least 1")
     count = tp or (len(requested) if requested else 1)
-    gpus_found = gpu_inventory.inventory() if inventory is True else inventory
-    ids, warning = gpu_inventory.assign(requested, count, gpus_found, gpu_option, tp_option, taken_gpus)
+    ids, warning = gpu_inventory.assign(requested, count, gpu_inventory.cached_inventory(), gpu_option, tp_option,
+                                        taken_gpus)
     if port is not None:
         check_port_free(host, port)
     spec = ServerSpec(
@@ -57,3 +72,236 @@ def plan_server(
         extra_args=extra,
     )
     return spec, warning
+
+
+# ---------------------------------------------------------------- evaluation plans
+
+EXTERNAL_IN_FLIGHT = 128  # requests kept in flight to a server lmeval did not start
+UNUSED_KEY = SecretStr("unused-by-this-stage")
+
+
+@dataclass
+class EvalPlan:
+    """Everything one `run`, `infer` or `judge` resolved before starting anything."""
+
+    run_id: str
+    run_dir: Path
+    work_dir: Path
+    manifest: Manifest
+    opencompass: Path
+    lmdeploy: Path | None
+    datasets: tuple[configgen.DatasetRef, ...]
+    model_abbr: str
+    generation: configgen.Generation
+    target: configgen.ServedModel
+    target_spec: ServerSpec | None
+    judge: configgen.ServedModel | None
+    judge_spec: ServerSpec | None
+    ready_timeout: float
+    grace: float
+    dry_run: bool
+
+    @property
+    def abbrs(self) -> list[str]:
+        return configgen.dataset_abbrs(self.datasets)
+
+    @property
+    def gpus_overlap(self) -> bool:
+        if self.target_spec is None or self.judge_spec is None:
+            return False
+        return bool(set(self.target_spec.gpus) & set(self.judge_spec.gpus))
+
+    def config_plan(self, target: configgen.ServedModel, judge: configgen.ServedModel | None) -> configgen.ConfigPlan:
+        return configgen.ConfigPlan(datasets=self.datasets, model_abbr=self.model_abbr, target=target,
+                                    generation=self.generation, judge=judge)
+
+    def predictions_complete(self) -> bool:
+        return not outputs.missing_predictions(self.run_dir, self.model_abbr, self.abbrs)
+
+
+def served_model(spec: ServerSpec, tokenizer_path: str, in_flight: int) -> configgen.ServedModel:
+    return configgen.ServedModel(base_url=spec.url, api_key=spec.api_key, served_name=spec.served_name,
+                                 tokenizer_path=tokenizer_path, in_flight=in_flight)
+
+
+def server_capacity(spec: ServerSpec) -> int:
+    """Requests the server runs at once: its --max-batch-size, given or LMDeploy's default."""
+    given = server_arg_value(spec.extra_args, "--max-batch-size")
+    if given is not None:
+        try:
+            return max(1, int(given))
+        except ValueError:
+            raise UsageError(f"--max-batch-size in the server args must be a number, got {given!r}") from None
+    return gpu_inventory.default_max_batch_size(list(spec.gpus), gpu_inventory.cached_inventory())
+
+
+def external_server(url: str, key: SecretStr | None, option: str, tokenizer_path: str) -> configgen.ServedModel:
+    """A server the user runs: check now that it answers and learn the model it serves."""
+    import httpx
+
+    from lmeval.readiness import http_client, served_models
+
+    base = url.rstrip("/")
+    base = base[:-3] if base.endswith("/v1") else base
+    if not re.fullmatch(r"https?://[^/\s]+", base):
+        raise UsageError(f"{option} {url!r} is not a server URL like http://HOST:PORT")
+    secret = key.get_secret_value() if key else None
+    try:
+        with http_client() as client:
+            models = served_models(client, base, secret)
+    except httpx.HTTPStatusError as error:
+        code = error.response.status_code
+        hint = "; pass its key with the matching --...-key option" if code in (401, 403) else ""
+        raise UsageError(f"{option} {base} answered /v1/models with HTTP {code}{hint}") from None
+    except (httpx.HTTPError, ValueError, KeyError) as error:
+        raise UsageError(f"cannot reach {option} {base} ({type(error).__name__}); check the URL and that it runs") from None
+    if not models:
+        raise UsageError(f"{option} {base} serves no model")
+    return configgen.ServedModel(base_url=base, api_key=key or UNUSED_KEY, served_name=models[0],
+                                 tokenizer_path=tokenizer_path, in_flight=EXTERNAL_IN_FLIGHT)
+
+
+def fingerprint(model: str, model_abbr: str, datasets: tuple[configgen.DatasetRef, ...],
+                generation: configgen.Generation) -> str:
+    """What the predictions depend on; a reuse with another fingerprint would mix answers."""
+    items = []
+    for item in datasets:
+        if isinstance(item, configgen.SuiteDataset):
+            items.append(["suite", item.name])
+        else:
+            items.append(["file", item.name, item.kind, hashlib.sha256(Path(item.path).read_bytes()).hexdigest()])
+    payload = json.dumps({"model": model, "abbr": model_abbr, "datasets": items,
+                          "generation": generation.model_dump()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _generation(options: EvalOptions) -> configgen.Generation:
+    overrides = {key: value for key in ("temperature", "max_out_len", "max_seq_len")
+                 if (value := getattr(options, key)) is not None}
+    try:
+        return configgen.Generation(**{**configgen.TARGET_GENERATION.model_dump(), **overrides})
+    except ValueError as error:
+        raise UsageError(f"bad generation setting: {error.errors()[0]['loc'][0]} "
+                         f"{error.errors()[0]['msg']}") from None
+
+
+def _existing_run(work_dir: Path, run_id: str) -> tuple[Path, Manifest]:
+    check_run_id(run_id)
+    run_dir = work_dir / run_id
+    if not run_dir.is_dir():
+        raise UsageError(f"run {run_id} does not exist in {work_dir}; check the id or pass -w")
+    return run_dir, Manifest.load(run_dir)
+
+
+def _copy_inputs(datasets, inputs_dir: Path) -> tuple[configgen.DatasetRef, ...]:
+    """Keep the run's own copy of each dataset file, so a later judge reads what was inferred."""
+    inputs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    copied = []
+    for item in datasets:
+        if isinstance(item, configgen.SuiteDataset):
+            copied.append(item)
+            continue
+        target = inputs_dir / f"{item.name}{Path(item.path).suffix}"
+        if not target.exists():
+            shutil.copyfile(item.path, target)
+        copied.append(item.model_copy(update={"path": str(target)}))
+    return tuple(copied)
+
+
+def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text: None) -> EvalPlan:
+    """Check every option and input, then claim (or reopen) the run folder. Starts nothing."""
+    opencompass = find_executable(OPENCOMPASS, options.opencompass)
+    work_dir = prepare_work_dir(options.work_dir)
+    judge_only = "infer" not in stages
+    manifest = None
+    if judge_only:
+        if not options.reuse:
+            raise UsageError("lmeval judge needs --reuse RUN: the run whose predictions to judge")
+        run_dir, manifest = _existing_run(work_dir, options.reuse)
+        inputs = manifest.inputs
+        datasets = configgen.resolve_datasets(inputs.get("task"), inputs.get("datasets"), inputs.get("files", []))
+        model, model_abbr = inputs["model"], manifest.model_abbr
+        generation = configgen.Generation(**inputs["generation"])
+        abbrs = configgen.dataset_abbrs(datasets)
+        missing = outputs.missing_predictions(run_dir, model_abbr, abbrs)
+        if len(missing) == len(abbrs):
+            raise UsageError(f"run {options.reuse} has no predictions; run inference first "
+                             f"(lmeval infer ... --reuse {options.reuse})")
+        if missing:
+            raise UsageError(f"run {options.reuse} lacks predictions for {', '.join(missing)}; "
+                             f"finish inference with lmeval infer ... --reuse {options.reuse}")
+    else:
+        if not options.model:
+            raise UsageError("give the MODEL to evaluate")
+        model = check_model(options.model)
+        datasets = configgen.resolve_datasets(options.task, options.datasets, options.dataset_files)
+        model_abbr = options.name or served_name(model)
+        generation = _generation(options)
+    tokenizer_path = inputs["model"] if judge_only else model
+
+    lmdeploy = None
+    target_spec = judge_spec = None
+    if judge_only:
+        recorded = manifest.servers.get("target")
+        target = configgen.ServedModel(
+            base_url=recorded.url if recorded else "http://127.0.0.1:1", api_key=UNUSED_KEY,
+            served_name=recorded.served_name if recorded else model_abbr, tokenizer_path=tokenizer_path,
+            in_flight=1)
+    elif options.api_server:
+        target = external_server(options.api_server, options.api_key, "--api-server", tokenizer_path)
+    else:
+        lmdeploy = find_executable(LMDEPLOY, options.lmdeploy)
+        target_spec, warning = plan_server("target", model=model, gpus=options.gpus, tp=options.tp,
+                                           port=options.port, host=options.host, server_args=options.server_args)
+        if warning:
+            notify(warning)
+        target = served_model(target_spec, tokenizer_path, server_capacity(target_spec))
+
+    judge = None
+    if "eval" in stages and configgen.needs_judge(datasets):
+        judge_model = options.judge_model
+        if options.judger_server:
+            judge = external_server(options.judger_server, options.judger_key, "--judger-server",
+                                    tokenizer_path=judge_model)
+        else:
+            lmdeploy = lmdeploy or find_executable(LMDEPLOY, options.lmdeploy)
+            taken = frozenset(target_spec.gpus) if target_spec else frozenset()
+            judge_spec, warning = plan_server(
+                "judge", model=judge_model, gpus=options.judge_gpus, tp=options.judge_tp, port=options.judge_port,
+                host=options.host, server_args=options.judge_server_args, option_prefix="judge-", taken_gpus=taken)
+            if warning:
+                notify(warning)
+            if target_spec and judge_spec.port == target_spec.port:
+                if options.judge_port is not None:
+                    raise UsageError(f"--judge-port {judge_spec.port} is the target server's port; pick another")
+                judge_spec = judge_spec.model_copy(update={"port": free_port(options.host)})
+            judge = served_model(judge_spec, check_model(judge_model), server_capacity(judge_spec))
+
+    if judge_only:
+        pass
+    elif options.reuse:
+        run_dir, manifest = _existing_run(work_dir, options.reuse)
+        datasets = _copy_inputs(datasets, run_dir / "lmeval" / "inputs")
+        wanted = fingerprint(model, model_abbr, datasets, generation)
+        if manifest.fingerprint and manifest.fingerprint != wanted:
+            raise UsageError(f"run {options.reuse} was made with another model, datasets or generation settings; "
+                             "its predictions would be mixed with new ones: start a new run instead")
+    else:
+        run_id, run_dir = claim_new_folder(work_dir)
+        datasets = _copy_inputs(datasets, run_dir / "lmeval" / "inputs")
+        manifest = Manifest(run_id=run_id, model_abbr=model_abbr)
+        manifest.fingerprint = fingerprint(model, model_abbr, datasets, generation)
+        manifest.inputs = {
+            "model": model, "task": options.task, "datasets": options.datasets,
+            "files": [item.path for item in datasets if isinstance(item, configgen.UserDataset)],
+            "name": options.name, "generation": generation.model_dump(),
+        }
+    manifest.command = redact(sys.argv, [key.get_secret_value() for key in (options.api_key, options.judger_key) if key])
+    manifest.versions = {"lmeval": __version__, "opencompass": installed_version(opencompass, "opencompass"),
+                         "lmdeploy": installed_version(lmdeploy, "lmdeploy") if lmdeploy else "not used"}
+    return EvalPlan(
+        run_id=run_dir.name, run_dir=run_dir, work_dir=work_dir, manifest=manifest, opencompass=opencompass,
+        lmdeploy=lmdeploy, datasets=datasets, model_abbr=model_abbr, generation=generation, target=target,
+        target_spec=target_spec, judge=judge, judge_spec=judge_spec, ready_timeout=options.ready_timeout,
+        grace=options.grace, dry_run=options.dry_run,
+    )

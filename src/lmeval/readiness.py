@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from lmeval.exceptions import ServerFailed
 from lmeval.launch import Server
 
 POLL_SECONDS = 0.05

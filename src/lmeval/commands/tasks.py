@@ -1,0 +1,19 @@
+"""`lmeval tasks`: the suites lmeval knows and what scores each dataset."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from lmeval.app import Application
+from lmeval.configgen import task_rows
+
+
+def tasks(app: Application) -> int:
+    table = Table(title="Task suites (--task SUITE, --datasets NAME,...)")
+    for column in ("suite", "dataset", "scored by", "judge"):
+        table.add_column(column)
+    for row in task_rows():
+        table.add_row(row.suite, row.dataset, row.evaluator, "yes" if row.needs_judge else "no")
+    table.add_row("(any)", "--dataset FILE.jsonl", "QA rows: judge; multiple choice: rule", "QA only")
+    app.out.print(table)
+    return 0

@@ -1,0 +1,107 @@
+"""The run's manifest `{run}/lmeval.json`: what was asked, what was resolved, what happened.
+
+`lmeval judge --reuse RUN` reads it so the user repeats nothing. Keys never enter it: servers
+are recorded by their redacted commands.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from lmeval.exceptions import UsageError
+
+MANIFEST_NAME = "lmeval.json"
+LOCK_NAME = ".lmeval.lock"
+
+
+class StageRecord(BaseModel):
+    status: str = "pending"  # pending | running | ok | failed | interrupted
+    started: float | None = None
+    ended: float | None = None
+    seconds: float | None = None
+    opencompass_seconds: float | None = None
+    message: str = ""
+
+
+class ServerRecord(BaseModel):
+    role: str
+    model: str
+    served_name: str
+    url: str
+    gpus: list[int] = []
+    tp: int = 0
+    command: str = ""  # redacted; empty for a server lmeval did not start
+    external: bool = False
+
+
+class Manifest(BaseModel):
+    run_id: str
+    created: float = Field(default_factory=time.time)
+    command: list[str] = []
+    inputs: dict[str, Any] = {}
+    model_abbr: str = ""
+    datasets: list[dict[str, Any]] = []
+    fingerprint: str = ""
+    servers: dict[str, ServerRecord] = {}
+    versions: dict[str, str] = {}
+    stages: dict[str, StageRecord] = {}
+    scores: list[dict[str, Any]] = []
+
+    def stage(self, name: str) -> StageRecord:
+        return self.stages.setdefault(name, StageRecord())
+
+    def save(self, run_dir: Path) -> None:
+        """Write atomically, owner-only: a crash never leaves half a manifest."""
+        path = run_dir / MANIFEST_NAME
+        temporary = path.with_suffix(".json.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.model_dump_json(indent=2))
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Manifest:
+        path = run_dir / MANIFEST_NAME
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UsageError(f"{run_dir} has no {MANIFEST_NAME}: it was not made by lmeval") from None
+        except ValueError as error:
+            raise UsageError(f"{path} is unreadable ({error.__class__.__name__}); it cannot be reused") from None
+
+
+class RunLock:
+    """An exclusive lock on a run folder: two lmeval processes never work on one run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UsageError(
+                f"run {self.path.parent.name} is in use by another lmeval (pid {holder}); "
+                "wait for it to finish or pick another run"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

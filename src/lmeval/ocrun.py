@@ -1,0 +1,54 @@
+"""The OpenCompass CLI as a child lmeval supervises: its own session, its output in a log,
+tagged like the servers so a stop or `lmeval cleanup` finds its task processes too."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import psutil
+
+from lmeval.launch import OWNER_ENV, RUN_ENV, TAG_ENV, live_process, owner_token, prepare_child, terminate
+
+STOP_GRACE_SECONDS = 5.0
+
+
+def opencompass_argv(executable: Path, config: Path, mode: str, work_dir: Path, run_id: str) -> list[str]:
+    """Always `-r RUN`: the run folder is lmeval's choice, known before OpenCompass starts."""
+    return [str(executable), str(config), "-m", mode, "-w", str(work_dir), "-r", run_id]
+
+
+class OpenCompassRun:
+    def __init__(self, executable: Path, config: Path, mode: str, work_dir: Path, run_id: str,
+                 cwd: Path, log_path: Path) -> None:
+        self.argv = opencompass_argv(executable, config, mode, work_dir, run_id)
+        self.cwd = cwd
+        self.log_path = log_path
+        self.run_id = run_id
+        self.tag = f"opencompass-{mode}-{uuid.uuid4().hex[:12]}"
+        self.popen: subprocess.Popen | None = None
+        self.created = 0.0
+
+    def start(self) -> None:
+        # OpenCompass writes tmp/, icl_inference_output/ and a dataset size cache into its
+        # current directory: give each run its own.
+        self.cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = dict(os.environ, **{TAG_ENV: self.tag, OWNER_ENV: owner_token(), RUN_ENV: self.run_id})
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=prepare_child,
+            )
+        self.created = psutil.Process(self.popen.pid).create_time()
+
+    def poll(self) -> int | None:
+        return self.popen.poll() if self.popen else None
+
+    def stop(self) -> None:
+        """End OpenCompass and its task processes (found by tag even after it exited)."""
+        if self.popen is None:
+            return
+        terminate(live_process(self.popen.pid, self.created), self.tag, STOP_GRACE_SECONDS)
+        self.popen.wait()

@@ -1,0 +1,101 @@
+"""Reading an OpenCompass run folder. OpenCompass exits 0 when its tasks fail, so whether a
+stage worked is decided here, from the files it leaves:
+
+    {run}/predictions/{model}/{dataset}.json      written when a dataset's inference is complete
+    {run}/predictions/{model}/tmp_{dataset}.jsonl answers so far, one per line, while it runs
+    {run}/results/{model}/{dataset}.json          written when a dataset is scored
+    {run}/logs/{infer|eval}/{model}/{dataset}.out the task's log
+    {run}/summary/summary_{call time}.csv         one per eval call; the newest counts
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_TAIL_LINES = 12
+
+
+def predictions_file(run_dir: Path, model: str, dataset: str) -> Path:
+    return run_dir / "predictions" / model / f"{dataset}.json"
+
+
+def results_file(run_dir: Path, model: str, dataset: str) -> Path:
+    return run_dir / "results" / model / f"{dataset}.json"
+
+
+def task_log(run_dir: Path, stage: str, model: str, dataset: str) -> Path:
+    return run_dir / "logs" / stage / model / f"{dataset}.out"
+
+
+def answered(run_dir: Path, model: str, dataset: str) -> int:
+    """How many prompts of DATASET have an answer on disk, finished or in progress."""
+    try:
+        return len(json.loads(predictions_file(run_dir, model, dataset).read_text()))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(run_dir / "predictions" / model / f"tmp_{dataset}.jsonl", "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return 0
+
+
+def missing_predictions(run_dir: Path, model: str, datasets: list[str]) -> list[str]:
+    return [name for name in datasets if not predictions_file(run_dir, model, name).is_file()]
+
+
+def result_error(run_dir: Path, model: str, dataset: str) -> str | None:
+    """Why DATASET has no usable result, or None when it has one."""
+    path = results_file(run_dir, model, dataset)
+    try:
+        result = json.loads(path.read_text())
+    except OSError:
+        return "no results file"
+    except ValueError:
+        return "unreadable results file"
+    if "error" in result:
+        return str(result["error"])
+    return None
+
+
+def failure_report(run_dir: Path, stage: str, model: str, datasets: list[str]) -> str:
+    """The tail of each failed dataset's task log, for the user to see why."""
+    parts = []
+    for name in datasets:
+        log = task_log(run_dir, stage, model, name)
+        try:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+        except OSError:
+            tail = "(no log written)"
+        parts.append(f"--- {name}: {log}\n{tail}")
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class Score:
+    dataset: str
+    metric: str
+    value: float | None  # None where OpenCompass wrote '-'
+
+
+def latest_summary(run_dir: Path) -> Path | None:
+    summaries = sorted((run_dir / "summary").glob("summary_*.csv"))
+    return summaries[-1] if summaries else None
+
+
+def read_summary(path: Path, model: str) -> list[Score]:
+    """The score rows of a summary CSV (`dataset,version,metric,mode,<model>...`) for MODEL."""
+    scores = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if not row.get("dataset") or model not in row:
+                continue
+            try:
+                value = float(row[model])
+            except (TypeError, ValueError):
+                value = None
+            scores.append(Score(row["dataset"], row.get("metric", ""), value))
+    return scores

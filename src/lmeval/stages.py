@@ -1,0 +1,257 @@
+"""The two stages, inference and judged evaluation, and the runs built from them.
+
+A stage is: render the config, run `opencompass -m MODE -w WORKDIR -r RUN` while watching the
+servers it talks to, then decide from the files whether it worked (OpenCompass's exit code
+says nothing). Servers are started as late as possible and stopped as early as possible, and
+always stopped when the command ends, whatever ends it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from pathlib import Path
+
+from lmeval import configgen, outputs
+from lmeval.app import Application
+from lmeval.exceptions import StageFailed
+from lmeval.launch import Server, ServerGroup, ServerSpec, redact
+from lmeval.manifest import RunLock, ServerRecord
+from lmeval.ocrun import OpenCompassRun
+from lmeval.options import EvalOptions
+from lmeval.configgen import ServedModel, UserDataset
+from lmeval.plan import EvalPlan, make_plan
+from lmeval.readiness import wait_ready
+from lmeval.results import print_scores
+
+SUPERVISE_SECONDS = 0.2
+PROGRESS_SECONDS = 5.0
+
+
+def write_private(path: Path, text: str) -> None:
+    """Configs hold API keys: owner-only, never world-readable even for a moment."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+class Evaluation:
+    """One lmeval command (`run`, `infer` or `judge`) over one run folder."""
+
+    def __init__(self, app: Application, plan: EvalPlan) -> None:
+        self.app = app
+        self.plan = plan
+        self.manifest = plan.manifest
+        self.run_dir = plan.run_dir
+
+    # ------------------------------------------------------------ plumbing
+
+    def save(self) -> None:
+        self.manifest.save(self.run_dir)
+
+    def config_path(self, stage: str) -> Path:
+        return self.run_dir / "lmeval" / f"{stage}_config.py"
+
+    def render(self, stage: str, target: ServedModel, judge: ServedModel | None) -> Path:
+        path = self.config_path(stage)
+        write_private(path, configgen.render_config(stage, self.plan.config_plan(target, judge)))
+        return path
+
+    def opencompass(self, stage: str, config: Path) -> OpenCompassRun:
+        return OpenCompassRun(self.plan.opencompass, config, stage, self.plan.work_dir, self.plan.run_id,
+                              cwd=self.run_dir / "lmeval" / "opencompass_cwd",
+                              log_path=self.run_dir / "lmeval" / f"opencompass_{stage}.log")
+
+    def record_server(self, role: str, served: ServedModel, spec: ServerSpec | None, server: Server | None) -> None:
+        self.manifest.servers[role] = ServerRecord(
+            role=role, model=spec.model if spec else "", served_name=served.served_name,
+            url=served.base_url, gpus=list(spec.gpus) if spec else [], tp=spec.tp if spec else 0,
+            command=server.command if server else "", external=spec is None,
+        )
+        self.save()
+
+    # ------------------------------------------------------------ stages
+
+    def run_stage(self, stage: str, config: Path, watched: list[Server]) -> None:
+        """Run OpenCompass for STAGE, stopping it at once if a watched server dies."""
+        record = self.manifest.stage(stage)
+        record.status, record.started, record.message = "running", time.time(), ""
+        self.save()
+        oc = self.opencompass(stage, config)
+        self.app.info(f"{stage}: {shlex.join(oc.argv)}")
+        started = time.monotonic()
+        try:
+            oc.start()
+            self.supervise(stage, oc, watched)
+        except BaseException as error:
+            oc.stop()
+            record.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            record.message = getattr(error, "message", "") or type(error).__name__
+            raise
+        finally:
+            record.ended = time.time()
+            record.opencompass_seconds = round(time.monotonic() - started, 3)
+            self.save()
+
+    def supervise(self, stage: str, oc: OpenCompassRun, watched: list[Server]) -> None:
+        last_progress = ""
+        last_shown = time.monotonic()
+        while oc.poll() is None:
+            for server in watched:
+                code = server.exit_code()
+                if code is not None:
+                    raise server.failure(f"exited with code {code} during {stage}")
+            if stage == "infer" and time.monotonic() - last_shown >= PROGRESS_SECONDS:
+                progress = self.progress_line()
+                if progress != last_progress:
+                    self.app.info(f"infer: {progress}")
+                    last_progress = progress
+                last_shown = time.monotonic()
+            time.sleep(SUPERVISE_SECONDS)
+
+    def progress_line(self) -> str:
+        sizes = {item.name: item.rows for item in self.plan.datasets if isinstance(item, UserDataset)}
+        parts = []
+        for abbr in self.plan.abbrs:
+            done = outputs.answered(self.run_dir, self.plan.model_abbr, abbr)
+            parts.append(f"{abbr} {done}/{sizes[abbr]}" if abbr in sizes else f"{abbr} {done}")
+        return ", ".join(parts)
+
+    def check_predictions(self) -> None:
+        names = self.plan.abbrs
+        missing = outputs.missing_predictions(self.run_dir, self.plan.model_abbr, names)
+        if missing:
+            raise StageFailed(
+                f"inference failed for {', '.join(missing)}: no predictions written; "
+                f"see the logs below, then resume with `lmeval infer ... --reuse {self.plan.run_id}`",
+                outputs.failure_report(self.run_dir, "infer", self.plan.model_abbr, missing),
+            )
+
+    def check_results(self) -> list[outputs.Score]:
+        names = self.plan.abbrs
+        failed = {name: error for name in names
+                  if (error := outputs.result_error(self.run_dir, self.plan.model_abbr, name))}
+        summary = outputs.latest_summary(self.run_dir)
+        scores = outputs.read_summary(summary, self.plan.model_abbr) if summary else []
+        scored = {score.dataset for score in scores if score.value is not None}
+        failed.update({name: "no score in the summary" for name in names if name not in scored and name not in failed})
+        if failed:
+            listing = "; ".join(f"{name} ({why})" for name, why in failed.items())
+            raise StageFailed(
+                f"evaluation failed for {listing}; see the logs below, then retry with "
+                f"`lmeval judge --reuse {self.plan.run_id} -w {self.plan.work_dir}`",
+                outputs.failure_report(self.run_dir, "eval", self.plan.model_abbr, list(failed)),
+            )
+        return scores
+
+    # ------------------------------------------------------------ commands
+
+    def execute(self, stages: tuple[str, ...]) -> int:
+        plan = self.plan
+        if plan.dry_run:
+            return self.dry_run(stages)
+        with RunLock(self.run_dir), ServerGroup(plan.lmdeploy, self.run_dir / "servers", plan.run_id,
+                                                plan.grace, notify=self.app.info) as group:
+            self.save()
+            try:
+                self.execute_stages(group, stages)
+            except KeyboardInterrupt:
+                self.save()
+                raise
+        return 0
+
+    def execute_stages(self, group: ServerGroup, stages: tuple[str, ...]) -> None:
+        plan = self.plan
+        infer = "infer" in stages and not plan.predictions_complete()
+        judge_wanted = "eval" in stages and plan.judge is not None
+        target_server = judge_server = None
+        if "infer" in stages and not infer:
+            self.app.info("infer: every dataset already has predictions; skipping inference")
+            self.manifest.stage("infer").status = "ok"
+        if infer:
+            target_server = self.start_server(group, "target", plan.target_spec, plan.target)
+            # The judge loads during inference when it has GPUs of its own.
+            if judge_wanted and plan.judge_spec and not plan.gpus_overlap:
+                judge_server = self.start_server(group, "judge", plan.judge_spec, plan.judge)
+            if target_server:
+                self.wait([target_server])
+            self.run_stage("infer", self.render("infer", plan.target, plan.judge), [s for s in [target_server] if s])
+            self.check_predictions()
+            self.finish_stage("infer")
+            if target_server:
+                group.stop(target_server)
+            if judge_server and judge_server.exit_code() is not None:
+                raise judge_server.failure(
+                    f"exited with code {judge_server.exit_code()} while loading; predictions are complete: "
+                    f"continue with `lmeval judge --reuse {plan.run_id} -w {plan.work_dir}`")
+        if "eval" not in stages:
+            self.app.out.print(f"{plan.run_id}", markup=False)
+            self.app.info(f"inference done; judge it with: lmeval judge --reuse {plan.run_id} -w {plan.work_dir}")
+            return
+        if judge_wanted and plan.judge_spec and judge_server is None:
+            judge_server = self.start_server(group, "judge", plan.judge_spec, plan.judge)
+        elif judge_wanted and plan.judge_spec is None:
+            self.record_server("judge", plan.judge, None, None)
+        if judge_server:
+            self.wait([judge_server])
+        self.run_stage("eval", self.render("eval", plan.target, plan.judge), [s for s in [judge_server] if s])
+        scores = self.check_results()
+        self.manifest.scores = [score.__dict__ for score in scores]
+        self.finish_stage("eval")
+        if judge_server:
+            group.stop(judge_server)
+        print_scores(self.app, self.plan.model_abbr, scores)
+
+    def start_server(self, group: ServerGroup, role: str, spec: ServerSpec | None,
+                     served: ServedModel) -> Server | None:
+        if spec is None:  # a server the user runs (--api-server / --judger-server)
+            self.record_server(role, served, None, None)
+            return None
+        server = group.start(spec)
+        self.record_server(role, served, spec, server)
+        return server
+
+    def wait(self, servers: list[Server]) -> None:
+        names = ", ".join(server.spec.role for server in servers)
+        self.app.info(f"waiting for {names} server(s) to load")
+        wait_ready(servers, self.plan.ready_timeout,
+                   on_ready=lambda server: self.app.info(f"{server.spec.role} server ready at {server.spec.url}"))
+
+    def finish_stage(self, stage: str) -> None:
+        record = self.manifest.stage(stage)
+        record.status = "ok"
+        record.ended = time.time()
+        if record.started:
+            record.seconds = round(record.ended - record.started, 3)
+        self.save()
+
+    def dry_run(self, stages: tuple[str, ...]) -> int:
+        plan = self.plan
+        self.app.out.print(f"run {plan.run_id} in {self.run_dir}", markup=False)
+        for spec in (plan.target_spec, plan.judge_spec):
+            if spec is not None:
+                from lmeval.launch import server_argv
+
+                argv = redact(server_argv(plan.lmdeploy, spec), [spec.api_key.get_secret_value()])
+                self.app.out.print(f"{spec.role} server (GPUs {','.join(map(str, spec.gpus))}): "
+                                   f"CUDA_VISIBLE_DEVICES={','.join(map(str, spec.gpus))} {shlex.join(argv)}",
+                                   markup=False)
+        for stage in stages:
+            if stage == "eval" and plan.judge is None and not plan.datasets:
+                continue
+            config = self.render(stage, plan.target, plan.judge if stage == "eval" else None)
+            oc = self.opencompass(stage, config)
+            self.app.out.print(f"{stage} config: {config}", markup=False)
+            self.app.out.print(f"{stage}: (cd {oc.cwd} && {shlex.join(oc.argv)})", markup=False)
+        self.manifest.stage("dry-run").status = "ok"
+        self.save()
+        return 0
+
+
+def evaluate(app: Application, options: EvalOptions, stages: tuple[str, ...]) -> int:
+    """The body of `lmeval run`, `lmeval infer` and `lmeval judge`."""
+    plan = make_plan(options, stages, notify=app.warn)
+    return Evaluation(app, plan).execute(stages)
+
