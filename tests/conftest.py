@@ -23,3 +23,10 @@ def venv_python(name: str) -> Path:
 @pytest.fixture
 def lmdeploy_python() -> Path:
     return venv_python("lmdeploy")
+
+
+@pytest.fixture
+def venvs() -> Path:
+    """The project's venvs folder, checked to hold OpenCompass (the e2e tests run it)."""
+    venv_python("opencompass")
+    return VENVS

@@ -177,7 +177,7 @@ class Evaluation:
                 judge_server = self.start_server(group, "judge", plan.judge_spec, plan.judge)
             if target_server:
                 self.wait([target_server])
-            self.run_stage("infer", self.render("infer", plan.target, plan.judge), [s for s in [target_server] if s])
+            self.run_stage("infer", self.render("infer", plan.target, None), [s for s in [target_server] if s])
             self.check_predictions()
             self.finish_stage("infer")
             if target_server:

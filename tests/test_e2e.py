@@ -1,0 +1,59 @@
+"""End to end through the real OpenCompass 0.5.4 and stand-in LMDeploy servers on loopback:
+the scores a user sees are exactly the share the answer key gets right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e2e_support import SAMPLE_MODELS, lmeval, make_scenario, score_table, run_processes, tools
+
+pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
+
+
+@pytest.fixture
+def scenario(tmp_path):
+    return make_scenario(tmp_path)
+
+
+def common(scenario, work_dir, venvs) -> list[str]:
+    return [str(SAMPLE_MODELS / "demo-chat"), "--dataset", str(scenario.qa), "--dataset", str(scenario.mc),
+            "--gpus", "0", "--judge-model", str(SAMPLE_MODELS / "demo-judge"), "--judge-gpus", "1",
+            "--judge-tp", "1", "-w", str(work_dir), *tools(venvs)]
+
+
+def test_run_scores_exactly_the_answer_key(scenario, tmp_path, venvs):
+    result = lmeval(["run", *common(scenario, tmp_path / "out", venvs)],
+                    env={"STANDIN_ANSWER_KEY": str(scenario.key)})
+    assert result.returncode == 0, result.stderr
+    assert score_table(result.stdout) == {"trivia": 60.0, "choices": 80.0} == scenario.expected
+    assert run_processes(tmp_path / "out") == []
+    run_dir = next((tmp_path / "out").iterdir())
+    manifest = json.loads((run_dir / "lmeval.json").read_text())
+    assert manifest["stages"]["infer"]["status"] == manifest["stages"]["eval"]["status"] == "ok"
+    assert {(s["dataset"], s["value"]) for s in manifest["scores"]} == {("trivia", 60.0), ("choices", 80.0)}
+
+
+def test_infer_then_judge_reuse_gives_the_same_scores(scenario, tmp_path, venvs):
+    work_dir = tmp_path / "out"
+    env = {"STANDIN_ANSWER_KEY": str(scenario.key)}
+    infer = lmeval(["infer", *common(scenario, work_dir, venvs)], env=env)
+    assert infer.returncode == 0, infer.stderr
+    run_id = infer.stdout.strip()
+    assert (work_dir / run_id).is_dir()
+    assert f"lmeval judge --reuse {run_id} -w {work_dir}" in infer.stderr
+    assert "judge server" not in infer.stderr  # inference alone starts no judge
+    assert run_processes(work_dir) == []
+
+    judge = lmeval(["judge", "--reuse", run_id, "--judge-model", str(SAMPLE_MODELS / "demo-judge"),
+                    "--judge-gpus", "1", "--judge-tp", "1", "-w", str(work_dir), *tools(venvs)], env=env)
+    assert judge.returncode == 0, judge.stderr
+    assert "started target server" not in judge.stderr
+    assert "started judge server" in judge.stderr
+    assert score_table(judge.stdout) == scenario.expected
+    assert run_processes(work_dir) == []
+
+    shown = lmeval(["results", run_id, "-w", str(work_dir), "--format", "csv"])
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["dataset,metric,demo-chat", "trivia,accuracy,60.00", "choices,accuracy,80.00"]
