@@ -45,6 +45,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from lmeval.datasets import UserDataset, load_user_dataset, shadowed_name
 from lmeval.exceptions import UsageError
 
+__all__ = [
+    "CHAT_SUITE", "CORE_AVERAGE", "DatasetRef", "GRADER_TEMPLATE", "Generation", "JUDGE_GENERATION",
+    "ConfigPlan", "SUITES", "ServedModel", "Stage", "SuiteDataset", "TARGET_GENERATION", "TaskRow",
+    "UserDataset", "check_plan", "dataset_abbrs", "judge_threads", "needs_judge", "py_str", "render_config",
+    "resolve_datasets", "select_suite", "task_rows",
+]
+
 Stage = Literal["infer", "eval"]
 
 # --------------------------------------------------------------------------------------------
@@ -491,7 +498,8 @@ class _Imports:
         return Code(name)
 
     def text(self) -> str:
-        return "".join(f"from {module} import {', '.join(sorted(names))}\n" for module, names in sorted(self.names.items()))
+        lines = (f"from {module} import {', '.join(sorted(names))}\n" for module, names in sorted(self.names.items()))
+        return "".join(lines)
 
 
 def _model(plan: ConfigPlan, imports: _Imports) -> dict[str, Any]:

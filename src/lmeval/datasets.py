@@ -18,6 +18,8 @@ Other columns are allowed (Arrow keeps the first row's columns), but each must k
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 import os
 import re
@@ -36,6 +38,7 @@ MIN_OPTIONS = 2
 # fails when the file already has them.
 RESERVED_COLUMNS = ("prediction", "obj_gold", "reference")
 _INT64 = (-(2**63), 2**63 - 1)
+_NEWLINES = re.compile(rb"\r\n|\r|\n")
 
 Kind = Literal["qa", "mc"]
 
@@ -70,20 +73,27 @@ def load_user_dataset(path: str | os.PathLike[str]) -> UserDataset:
     if not name:
         raise UsageError(f"dataset file needs a name before {SUFFIX}: {shown}")
 
-    checker: _RowChecker | None = None
-    count = 0
     try:
-        # Read exactly as CustomDataset does: text mode (universal newlines), BOM dropped.
-        with open(file, encoding="utf-8-sig") as handle:
-            for count, line in enumerate(handle, start=1):  # noqa: B007 - count kept after the loop
-                row = _parse_line(line, f"{shown}:{count}")
-                if checker is None:
-                    checker = _RowChecker.from_first_row(row, shown)
-                checker.check(row, count)
-    except UnicodeDecodeError as error:
-        raise UsageError(f"{shown}:{count + 1}: not valid UTF-8 ({error.reason})") from None
+        data = file.read_bytes()
     except OSError as error:
         raise UsageError(f"cannot read dataset file {shown}: {error.strerror or error}") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = len(_NEWLINES.split(data[: error.start]))
+        raise UsageError(f"{shown}:{line}: not valid UTF-8 ({error.reason})") from None
+
+    checker: _RowChecker | None = None
+    count = 0
+    # Lines as CustomDataset sees them: `open(path, encoding='utf-8-sig')` iterated in text mode,
+    # i.e. universal newlines (\r\n, \r and \n end a line).
+    for count, line in enumerate(io.StringIO(text, newline=None), start=1):  # noqa: B007 - count kept
+        row = _parse_line(line, f"{shown}:{count}")
+        if checker is None:
+            checker = _RowChecker.from_first_row(row, shown)
+        checker.check(row, count)
     if checker is None:
         raise UsageError(f"dataset file is empty: {shown}")
     return UserDataset(path=shown, name=name, kind=checker.kind, options=checker.options, rows=count)
