@@ -3,8 +3,10 @@ stage worked is decided here, from the files it leaves:
 
     {run}/predictions/{model}/{dataset}.json      written when a dataset's inference is complete
     {run}/predictions/{model}/tmp_{dataset}.jsonl answers so far, one per line, while it runs
+    {run}/infer_status/{model}/{dataset}.json     {"status", "completed", "total"} of the concurrent task
     {run}/results/{model}/{dataset}.json          written when a dataset is scored
-    {run}/logs/{infer|eval}/{model}/{dataset}.out the task's log
+    {run}/logs/{infer|eval}/{model}/{dataset}.out a task's log (one inference task holds every
+                                                  dataset: its log is named after the first)
     {run}/summary/summary_{call time}.csv         one per eval call; the newest counts
 """
 
@@ -30,17 +32,13 @@ def task_log(run_dir: Path, stage: str, model: str, dataset: str) -> Path:
     return run_dir / "logs" / stage / model / f"{dataset}.out"
 
 
-def answered(run_dir: Path, model: str, dataset: str) -> int:
-    """How many prompts of DATASET have an answer on disk, finished or in progress."""
+def progress(run_dir: Path, model: str, dataset: str) -> tuple[int, int | None]:
+    """(answered, total) for DATASET as OpenCompass's inference reports it; total None if unknown."""
     try:
-        return len(json.loads(predictions_file(run_dir, model, dataset).read_text()))
-    except (OSError, ValueError):
-        pass
-    try:
-        with open(run_dir / "predictions" / model / f"tmp_{dataset}.jsonl", "rb") as handle:
-            return sum(1 for line in handle if line.strip())
-    except OSError:
-        return 0
+        status = json.loads((run_dir / "infer_status" / model / f"{dataset}.json").read_text())
+        return int(status.get("completed") or 0), status.get("total")
+    except (OSError, ValueError, TypeError):
+        return 0, None
 
 
 def missing_predictions(run_dir: Path, model: str, datasets: list[str]) -> list[str]:
@@ -62,15 +60,15 @@ def result_error(run_dir: Path, model: str, dataset: str) -> str | None:
 
 
 def failure_report(run_dir: Path, stage: str, model: str, datasets: list[str]) -> str:
-    """The tail of each failed dataset's task log, for the user to see why."""
+    """The tail of each task log that covers a failed dataset, for the user to see why."""
+    logs = [task_log(run_dir, stage, model, name) for name in datasets]
+    logs = [log for log in logs if log.is_file()] or sorted((run_dir / "logs" / stage / model).glob("*.out"))
+    if not logs:
+        return f"(OpenCompass wrote no task log under {run_dir / 'logs' / stage / model})"
     parts = []
-    for name in datasets:
-        log = task_log(run_dir, stage, model, name)
-        try:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
-        except OSError:
-            tail = "(no log written)"
-        parts.append(f"--- {name}: {log}\n{tail}")
+    for log in logs:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+        parts.append(f"--- {log}\n{tail}")
     return "\n".join(parts)
 
 

@@ -277,6 +277,12 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
                 judge_spec = judge_spec.model_copy(update={"port": free_port(options.host)})
             judge = served_model(judge_spec, check_model(judge_model), server_capacity(judge_spec))
 
+    # Names OpenCompass would mangle are refused now, not after the models loaded.
+    configgen.check_plan(configgen.ConfigPlan(datasets=datasets, model_abbr=model_abbr, target=target,
+                                              generation=generation, judge=judge))
+    if "{{" in str(work_dir):
+        raise UsageError(f"work dir {work_dir} contains '{{{{', which OpenCompass rewrites in its configs; "
+                         "pick another -w")
     if judge_only:
         pass
     elif options.reuse:

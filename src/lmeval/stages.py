@@ -20,7 +20,7 @@ from lmeval.launch import Server, ServerGroup, ServerSpec, redact
 from lmeval.manifest import RunLock, ServerRecord
 from lmeval.ocrun import OpenCompassRun
 from lmeval.options import EvalOptions
-from lmeval.configgen import ServedModel, UserDataset
+from lmeval.configgen import ServedModel
 from lmeval.plan import EvalPlan, make_plan
 from lmeval.readiness import wait_ready
 from lmeval.results import print_scores
@@ -112,11 +112,10 @@ class Evaluation:
             time.sleep(SUPERVISE_SECONDS)
 
     def progress_line(self) -> str:
-        sizes = {item.name: item.rows for item in self.plan.datasets if isinstance(item, UserDataset)}
         parts = []
         for abbr in self.plan.abbrs:
-            done = outputs.answered(self.run_dir, self.plan.model_abbr, abbr)
-            parts.append(f"{abbr} {done}/{sizes[abbr]}" if abbr in sizes else f"{abbr} {done}")
+            done, total = outputs.progress(self.run_dir, self.plan.model_abbr, abbr)
+            parts.append(f"{abbr} {done}/{total if total is not None else '?'}")
         return ", ".join(parts)
 
     def check_predictions(self) -> None:
