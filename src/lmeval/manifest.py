@@ -39,6 +39,9 @@ class ServerRecord(BaseModel):
     tp: int = 0
     command: str = ""  # redacted; empty for a server lmeval did not start
     external: bool = False
+    started: float | None = None
+    ready_seconds: float | None = None  # from start to ready: the model's load time
+    waited_seconds: float = 0.0  # how long lmeval waited for it (less when it loaded meanwhile)
 
 
 class Manifest(BaseModel):
@@ -52,6 +55,7 @@ class Manifest(BaseModel):
     servers: dict[str, ServerRecord] = {}
     versions: dict[str, str] = {}
     stages: dict[str, StageRecord] = {}
+    wall_seconds: float | None = None  # the whole command, start to end
     scores: list[dict[str, Any]] = []
 
     def stage(self, name: str) -> StageRecord:

@@ -69,6 +69,7 @@ class Evaluation:
             role=role, model=spec.model if spec else "", served_name=served.served_name,
             url=served.base_url, gpus=list(spec.gpus) if spec else [], tp=spec.tp if spec else 0,
             command=server.command if server else "", external=spec is None,
+            started=time.time() if server else None,
         )
         self.save()
 
@@ -151,14 +152,16 @@ class Evaluation:
         plan = self.plan
         if plan.dry_run:
             return self.dry_run(stages)
-        with RunLock(self.run_dir), ServerGroup(plan.lmdeploy, self.run_dir / "servers", plan.run_id,
-                                                plan.grace, notify=self.app.info) as group:
-            self.save()
+        began = time.monotonic()
+        with RunLock(self.run_dir):
             try:
-                self.execute_stages(group, stages)
-            except KeyboardInterrupt:
+                with ServerGroup(plan.lmdeploy, self.run_dir / "servers", plan.run_id, plan.grace,
+                                 notify=self.app.info) as group:
+                    self.save()
+                    self.execute_stages(group, stages)
+            finally:
+                self.manifest.wall_seconds = round(time.monotonic() - began, 3)
                 self.save()
-                raise
         return 0
 
     def execute_stages(self, group: ServerGroup, stages: tuple[str, ...]) -> None:
@@ -215,8 +218,17 @@ class Evaluation:
     def wait(self, servers: list[Server]) -> None:
         names = ", ".join(server.spec.role for server in servers)
         self.app.info(f"waiting for {names} server(s) to load")
-        wait_ready(servers, self.plan.ready_timeout,
-                   on_ready=lambda server: self.app.info(f"{server.spec.role} server ready at {server.spec.url}"))
+        began = time.time()
+
+        def ready(server: Server) -> None:
+            now = time.time()
+            record = self.manifest.servers[server.spec.role]
+            record.ready_seconds = round(now - (record.started or now), 3)
+            record.waited_seconds = round(now - began, 3)
+            self.app.info(f"{server.spec.role} server ready at {server.spec.url}")
+
+        wait_ready(servers, self.plan.ready_timeout, on_ready=ready)
+        self.save()
 
     def finish_stage(self, stage: str) -> None:
         record = self.manifest.stage(stage)
