@@ -12,10 +12,12 @@ from pydantic import SecretStr
 
 from lmeval.exceptions import UsageError
 from lmeval.launch import (
+    ProxySpec,
     ServerSpec,
     check_model,
     check_port_free,
     parse_server_args,
+    proxy_argv,
     redact,
     server_arg_value,
     server_argv,
@@ -59,6 +61,18 @@ def test_real_lmdeploy_parser_reads_our_argv(lmdeploy_python):
     assert parsed["proxy_url"] == "http://127.0.0.1:9000"
     assert parsed["max_batch_size"] == 256
     assert parsed["backend"] == "pytorch"
+
+
+def test_real_lmdeploy_parser_reads_our_proxy_argv(lmdeploy_python):
+    argv = proxy_argv("lmdeploy", ProxySpec(role="target-proxy", port=9000, api_key=SecretStr("sk-secret")))
+    assert argv == ["lmdeploy", "serve", "proxy", "--server-name", "127.0.0.1", "--server-port", "9000",
+                    "--routing-strategy", "min_expected_latency", "--disable-cache-status", "--api-keys", "sk-secret"]
+    parsed = json.loads(subprocess.run([str(lmdeploy_python), str(REPO / "tests" / "lmdeploy_parse.py"), *argv[1:]],
+                                       capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    assert (parsed["server_name"], parsed["server_port"]) == ("127.0.0.1", 9000)
+    assert parsed["routing_strategy"] == "min_expected_latency"
+    assert parsed["disable_cache_status"] is True
+    assert parsed["api_keys"] == ["sk-secret"]
 
 
 def test_env_sets_gpus_and_tags_without_touching_the_base():

@@ -44,21 +44,16 @@ OWNED_FLAGS = {
 }
 
 
-class ServerSpec(BaseModel):
-    """Everything that defines one LMDeploy api_server; argv and environment derive from it."""
+class ListenerSpec(BaseModel):
+    """What every LMDeploy process lmeval starts has: a role, an address, a key, its GPUs."""
 
     model_config = ConfigDict(frozen=True)
 
     role: str
-    model: str
-    served_name: str
-    gpus: tuple[int, ...]
-    tp: int
     host: str = "127.0.0.1"
     port: int
     api_key: SecretStr
-    extra_args: tuple[str, ...] = ()
-    proxy_url: str | None = None
+    gpus: tuple[int, ...] = ()
 
     @property
     def client_host(self) -> str:
@@ -68,6 +63,22 @@ class ServerSpec(BaseModel):
     @property
     def url(self) -> str:
         return f"http://{_bracketed(self.client_host)}:{self.port}"
+
+
+class ServerSpec(ListenerSpec):
+    """Everything that defines one LMDeploy api_server; argv and environment derive from it."""
+
+    model: str
+    served_name: str
+    tp: int
+    extra_args: tuple[str, ...] = ()
+    proxy_url: str | None = None
+
+
+class ProxySpec(ListenerSpec):
+    """`lmdeploy serve proxy` in front of data-parallel replicas; it uses no GPU."""
+
+    routing_strategy: str = "min_expected_latency"
 
 
 def new_api_key() -> SecretStr:
@@ -115,7 +126,24 @@ def server_argv(lmdeploy: Path | str, spec: ServerSpec) -> list[str]:
     return argv + list(spec.extra_args)
 
 
-def server_env(spec: ServerSpec, base: dict[str, str], tag: str, owner: str, run_id: str = "") -> dict[str, str]:
+def proxy_argv(lmdeploy: Path | str, spec: ProxySpec) -> list[str]:
+    """`lmdeploy serve proxy`: replicas register with it through --proxy-url; no state file is
+    reloaded from earlier runs (--disable-cache-status)."""
+    return [
+        str(lmdeploy), "serve", "proxy",
+        "--server-name", spec.host,
+        "--server-port", str(spec.port),
+        "--routing-strategy", spec.routing_strategy,
+        "--disable-cache-status",
+        "--api-keys", spec.api_key.get_secret_value(),
+    ]
+
+
+def command_line(lmdeploy: Path | str, spec: ListenerSpec) -> list[str]:
+    return proxy_argv(lmdeploy, spec) if isinstance(spec, ProxySpec) else server_argv(lmdeploy, spec)
+
+
+def server_env(spec: ListenerSpec, base: dict[str, str], tag: str, owner: str, run_id: str = "") -> dict[str, str]:
     """The child's environment: GPUs through CUDA_VISIBLE_DEVICES, and the tags that find it later."""
     env = dict(base)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in spec.gpus)
@@ -229,11 +257,11 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 class Server:
-    """One running LMDeploy api_server and everything it spawned."""
+    """One running LMDeploy process (api_server or proxy) and everything it spawned."""
 
-    def __init__(self, spec: ServerSpec, lmdeploy: Path, folder: Path, run_id: str = "") -> None:
+    def __init__(self, spec: ListenerSpec, lmdeploy: Path, folder: Path, run_id: str = "") -> None:
         self.spec = spec
-        self.argv = server_argv(lmdeploy, spec)
+        self.argv = command_line(lmdeploy, spec)
         self.folder = folder
         self.log_path = folder / f"{spec.role}.log"
         self.state_path = folder / f"{spec.role}.json"
@@ -377,11 +405,12 @@ class ServerGroup:
         self.notify = notify
         self.servers: list[Server] = []
 
-    def start(self, spec: ServerSpec) -> Server:
+    def start(self, spec: ListenerSpec) -> Server:
         server = Server(spec, self.lmdeploy, self.folder, self.run_id)
         self.servers.append(server)
         server.start()
-        self.notify(f"started {spec.role} server on GPUs {_gpu_text(spec.gpus)}, port {spec.port}: {server.command}")
+        gpus = f"GPUs {_gpu_text(spec.gpus)}" if spec.gpus else "no GPU"
+        self.notify(f"started {spec.role} server on {gpus}, port {spec.port}: {server.command}")
         return server
 
     def stop(self, server: Server) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from lmeval.launch import Server
+from lmeval.launch import ProxySpec, Server
 
 POLL_SECONDS = 0.05
 CONNECT_SECONDS = 0.5
@@ -66,6 +66,9 @@ class ReadinessCheck:
                 server.check_alive()
                 raise server.failure(f"cannot be reached: another process answers on port {spec.port}")
             self.owned_port = True
+        if isinstance(spec, ProxySpec):
+            registered_nodes(self.client, spec)  # answering is ready: replicas register later
+            return
         key = spec.api_key.get_secret_value()
         try:
             models = served_models(self.client, spec.url, key)
@@ -83,6 +86,36 @@ class ReadinessCheck:
             raise NotReady(f"/health not answering ({type(error).__name__})") from None
         if status != 200:
             raise NotReady(f"initializing (/health answered {status})")
+
+
+def registered_nodes(client: httpx.Client, spec: ProxySpec) -> set[str]:
+    """The node URLs the proxy routes to; NotReady while it does not answer."""
+    try:
+        response = client.get(f"{spec.url}/nodes/status", headers=auth_headers(spec.api_key.get_secret_value()))
+        response.raise_for_status()
+        return set(response.json())
+    except (httpx.HTTPError, ValueError) as error:
+        raise NotReady(f"/nodes/status not answering ({type(error).__name__})") from None
+
+
+def wait_registered(proxy: Server, replicas: Sequence[Server], timeout: float = 10.0,
+                    poll_seconds: float = POLL_SECONDS) -> None:
+    """Ready replicas register with the proxy as they start; make sure it routes to every one."""
+    wanted = {replica.spec.url for replica in replicas}
+    missing: set[str] = set()
+    with http_client() as client:
+        def all_registered() -> None:
+            proxy.check_alive()
+            missing.clear()
+            missing.update(wanted - registered_nodes(client, proxy.spec))
+            if missing:
+                raise NotReady()
+
+        try:
+            Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(poll_seconds),
+                     retry=retry_if_exception_type(NotReady), reraise=True)(all_registered)
+        except NotReady:
+            raise proxy.failure(f"does not route to {', '.join(sorted(missing))} after {timeout:g} s") from None
 
 
 def wait_ready(

@@ -24,6 +24,9 @@ Unknown flags: argparse error, exit 2 (like the real parser).  Underscore
 spellings (``--server_port``) and dotted dict flags (``--hf-overrides.a.b 1``)
 are accepted like the real ``FlexibleArgumentParser``.
 
+``lmdeploy serve proxy ...`` is not stood in: it runs on a CPU, so the stand-in execs the
+real LMDeploy named by STANDIN_REAL_LMDEPLOY with the same arguments.
+
 Environment variables (the real CLI has no such flags):
 
   STANDIN_LOAD_SECONDS       "model loading" time before the port is bound
@@ -1218,10 +1221,24 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def exec_real_proxy(argv: list[str]) -> int:
+    """`serve proxy` runs on a CPU, so the stand-in hands it to the real LMDeploy named by
+    STANDIN_REAL_LMDEPLOY (exec: same pid, so whoever started us still owns the process)."""
+    real = os.environ.get('STANDIN_REAL_LMDEPLOY')
+    if not real:
+        print('stand-in lmdeploy: `serve proxy` needs STANDIN_REAL_LMDEPLOY=<path to a real lmdeploy>',
+              file=sys.stderr)
+        return 2
+    os.execv(real, [real, *argv])
+    return 0  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == [WORKER_FLAG]:
         return worker_main(argv[1:])
+    if argv[:2] == ['serve', 'proxy']:
+        return exec_real_proxy(argv)
     parser = build_cli_parser()
     args = parser.parse_args(argv)
     if args.command is None:            # like the real CLI: help, exit 0
