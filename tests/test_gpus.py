@@ -33,7 +33,7 @@ def test_without_inventory_explicit_ids_are_used_with_a_warning():
 ])
 def test_refusals(requested, count, gpus, message):
     with pytest.raises(UsageError) as caught:
-        assign(requested, count, gpus)
+        assign(requested, count, gpus, need=(f"--tp {count}", "--tp"))
     assert caught.value.message == message
 
 

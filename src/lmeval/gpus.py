@@ -71,11 +71,12 @@ def assign(
     count: int,
     gpus: list[Gpu] | None,
     option: str = "--gpus",
-    tp_option: str = "--tp",
+    need: tuple[str, str] = ("--tp", "--tp"),
     taken: frozenset[int] = frozenset(),
 ) -> tuple[list[int], str | None]:
     """Return COUNT GPU ids for a server and a warning, if any.
 
+    NEED says what asks for COUNT GPUs and which options change it, for the message.
     REQUESTED ids are checked against the inventory (exist, not busy); without them, free GPUs
     are picked, skipping TAKEN ones (already given to another server of this run). Without an
     inventory, explicit ids are used as given with a warning, and none can be picked.
@@ -83,8 +84,8 @@ def assign(
     if requested is not None:
         if len(requested) != count:
             raise UsageError(
-                f"{option} lists {len(requested)} GPU(s) but {tp_option} {count} needs {count}; "
-                f"list {count} GPUs or change {tp_option}"
+                f"{option} lists {len(requested)} GPU(s) but {need[0]} needs {count}; "
+                f"list {count} GPUs or change {need[1]}"
             )
         if gpus is None:
             return requested, f"no NVIDIA driver answered; using GPUs {_ids(requested)} as given, unchecked"
