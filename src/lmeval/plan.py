@@ -56,7 +56,8 @@ def plan_server(
     if tp is not None and tp < 1:
         raise UsageError(f"{tp_option} must be at least 1")
     count = tp or (len(requested) if requested else 1)
-    ids, warning = gpu_inventory.assign(requested, count, gpu_inventory.cached_inventory(), gpu_option, tp_option,
+    ids, warning = gpu_inventory.assign(requested, count, gpu_inventory.cached_inventory(), gpu_option,
+                                        (f"{tp_option} {count}", tp_option),
                                         taken_gpus)
     if port is not None:
         check_port_free(host, port)
