@@ -369,6 +369,18 @@ def process_tree(leader: psutil.Process) -> list[psutil.Process]:
         return [leader]
 
 
+def running(processes: Iterable[psutil.Process]) -> dict[int, psutil.Process]:
+    """The processes that still run: a zombie has ended already and is not counted as ended by us."""
+    found = {}
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                found[process.pid] = process
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def terminate(leader: psutil.Process | None, tag: str, grace: float) -> int:
     """Stop a server's whole tree: LEADER and descendants, plus anything carrying TAG.
 
@@ -378,9 +390,9 @@ def terminate(leader: psutil.Process | None, tag: str, grace: float) -> int:
     of their own - is killed. Returns the number of processes ended.
     """
     def tagged() -> dict[int, psutil.Process]:
-        return {p.pid: p for p in tagged_processes(lambda found, owner: found == tag)}
+        return running(tagged_processes(lambda found, owner: found == tag))
 
-    known = {p.pid: p for p in process_tree(leader)} if leader else {}
+    known = running(process_tree(leader)) if leader else {}
     known.update(tagged())
     if leader is not None:
         try:

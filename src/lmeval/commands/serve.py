@@ -9,8 +9,8 @@ from lmeval.app import Application
 from lmeval.launch import ServerGroup
 from lmeval.plan import plan_server
 from lmeval.readiness import wait_ready
-from lmeval.signals import Terminated
 from lmeval.runs import claim_new_folder, prepare_work_dir
+from lmeval.signals import Terminated, shielded
 from lmeval.tools import LMDEPLOY, find_executable
 
 
@@ -33,9 +33,12 @@ def serve(app: Application, *, model: str, gpus: str | None, tp: int | None, por
         server = group.start(spec)
         app.info(f"loading {spec.model}; log in {server.log_path}")
         wait_ready([server], ready_timeout)
-        app.info(f"ready at {spec.url}/v1 serving {spec.served_name!r}; API key in {key_file}")
-        app.info("press Ctrl-C to stop")
         try:
+            # Once the user can read "ready", Ctrl-C is the normal stop; held off while these
+            # lines print, so a Ctrl-C right after them neither cuts one short nor repeats it.
+            with shielded():
+                app.info(f"ready at {spec.url}/v1 serving {spec.served_name!r}; API key in {key_file}")
+                app.info("press Ctrl-C to stop")
             server.popen.wait()
         except KeyboardInterrupt as interrupt:
             if isinstance(interrupt, Terminated):
