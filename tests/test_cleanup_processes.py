@@ -37,8 +37,8 @@ def test_cleanup_ends_what_a_killed_lmeval_left(lmeval_runner, tmp_path):
                              "--lmdeploy", str(STANDIN), "-w", str(work), "--grace", "3")
     lm.wait_line("lmeval: press Ctrl-C to stop")
     folder = serve_folder(work)
-    log = folder / "servers" / "server.log"
-    server = psutil.Process(read_state(folder / "servers" / "server.json")["pid"])
+    log = folder / "servers" / "model.log"
+    server = psutil.Process(read_state(folder / "servers" / "model.json")["pid"])
     workers = {k: psutil.Process(pid) for k, pid in worker_pids(log).items()}
     assert sorted(workers) == [0, 1]
     assert {p.pid for p in tagged([lm.pid])} == {server.pid, *(p.pid for p in workers.values())}
@@ -50,7 +50,7 @@ def test_cleanup_ends_what_a_killed_lmeval_left(lmeval_runner, tmp_path):
     assert wait_until(lambda: not running(server), 10), "the server outlived lmeval"
     assert all(running(p) for p in workers.values())
     assert {p.pid for p in tagged([lm.pid])} == {p.pid for p in workers.values()}
-    assert read_state(folder / "servers" / "server.json")["stopped"] is False
+    assert read_state(folder / "servers" / "model.json")["stopped"] is False
 
     cleanup = lmeval_runner.run("cleanup", "-w", str(work), "--grace", "3")
     assert [p.pid for p in workers.values() if running(p)] == []
@@ -58,10 +58,10 @@ def test_cleanup_ends_what_a_killed_lmeval_left(lmeval_runner, tmp_path):
     assert cleanup.popen.returncode == 0, cleanup.transcript()
     assert cleanup.stdout_lines == []
     assert cleanup.stderr_lines == [
-        f"lmeval: ended server server of {folder.name} (port {port}, 2 processes)",
+        f"lmeval: ended model server of {folder.name} (port {port}, 2 processes)",
         "lmeval: cleanup done: 2 process(es) ended",
     ]
-    assert read_state(folder / "servers" / "server.json")["stopped"] is True
+    assert read_state(folder / "servers" / "model.json")["stopped"] is True
 
     again = lmeval_runner.run("cleanup", "-w", str(work))
     assert again.popen.returncode == 0, again.transcript()
@@ -81,7 +81,7 @@ def test_cleanup_leaves_a_running_lmeval_alone(lmeval_runner, tmp_path):
     cleanup = lmeval_runner.run("cleanup", "-w", str(work))
     assert cleanup.popen.returncode == 0, cleanup.transcript()
     assert cleanup.stderr_lines == [
-        f"lmeval: server server on port {port} belongs to a running lmeval (pid {lm.pid}); left alone",
+        f"lmeval: model server on port {port} belongs to a running lmeval (pid {lm.pid}); left alone",
         "lmeval: nothing to clean up",
     ]
     assert {p.pid for p in tagged([lm.pid])} == owned

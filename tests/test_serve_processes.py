@@ -53,14 +53,14 @@ def started_lines(model: Path, port: int, folder: Path) -> list[str]:
                f"--tp 2 --model-name {model.name} --api-keys '***'")
     return [
         *no_driver_warning("0,1"),
-        f"lmeval: started server server on GPUs 0,1, port {port}: {command}",
-        f"lmeval: loading {model}; log in {folder}/servers/server.log",
+        f"lmeval: started model server on GPUs 0,1, port {port}: {command}",
+        f"lmeval: loading {model}; log in {folder}/servers/model.log",
     ]
 
 
 def ready_lines(model: Path, port: int, folder: Path) -> list[str]:
     return [
-        f"lmeval: ready at http://127.0.0.1:{port}/v1 serving '{model.name}'; API key in {folder}/servers/server.key",
+        f"lmeval: ready at http://127.0.0.1:{port}/v1 serving '{model.name}'; API key in {folder}/servers/model.key",
         "lmeval: press Ctrl-C to stop",
     ]
 
@@ -98,7 +98,7 @@ def test_serve_ready_then_ctrl_c_stops_everything(lmeval_runner, model, tmp_path
                             r"API key in (\S+)")
     lm.wait_line("lmeval: press Ctrl-C to stop")
     folder = serve_folder(work)
-    log = folder / "servers" / "server.log"
+    log = folder / "servers" / "model.log"
     assert lm.stderr_lines == started_lines(model, port, folder) + ready_lines(model, port, folder)
     processes = server_processes(lm, log)
 
@@ -116,7 +116,7 @@ def test_serve_ready_then_ctrl_c_stops_everything(lmeval_runner, model, tmp_path
 
     # The key: only in the owner-only key file lmeval named.
     key_file = Path(ready.group(1))
-    assert key_file == folder / "servers" / "server.key"
+    assert key_file == folder / "servers" / "model.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     key = key_file.read_text().strip()
     assert key.startswith("sk-lmeval-") and len(key) > 20
@@ -138,11 +138,11 @@ def test_serve_ready_then_ctrl_c_stops_everything(lmeval_runner, model, tmp_path
     assert lm.stdout_lines == []
     assert lm.stderr_lines == [
         *started_lines(model, port, folder), *ready_lines(model, port, folder),
-        "lmeval: stopped server server (3 processes ended)",
+        "lmeval: stopped model server (3 processes ended)",
     ]
 
     # The key never leaks into what lmeval prints or writes.
-    state_file = folder / "servers" / "server.json"
+    state_file = folder / "servers" / "model.json"
     for where, text in [("stdout", "\n".join(lm.stdout_lines)), ("stderr", "\n".join(lm.stderr_lines)),
                         ("server log", log.read_text()), ("state file", state_file.read_text())]:
         assert key not in text, f"API key in {where}"
@@ -163,9 +163,9 @@ def test_ctrl_c_as_soon_as_ready_shows_is_the_normal_stop(lmeval_runner, model, 
         assert tagged([lm.pid]) == []
         assert lm.stderr_lines[-3:] == [
             (f"lmeval: ready at http://127.0.0.1:{port}/v1 serving 'demo-model'; "
-             f"API key in {serve_folder(work)}/servers/server.key"),
+             f"API key in {serve_folder(work)}/servers/model.key"),
             "lmeval: press Ctrl-C to stop",
-            "lmeval: stopped server server (1 processes ended)",
+            "lmeval: stopped model server (1 processes ended)",
         ], lm.transcript()
 
 
@@ -174,7 +174,7 @@ def test_sigterm_while_serving_exits_130_and_stops_everything(lmeval_runner, mod
     lm = lmeval_runner.start(*serve_args(model, work, port))
     lm.wait_line("lmeval: press Ctrl-C to stop")
     folder = serve_folder(work)
-    processes = server_processes(lm, folder / "servers" / "server.log")
+    processes = server_processes(lm, folder / "servers" / "model.log")
 
     sent = lm.signal(signal.SIGTERM)
     code = lm.wait(timeout=GRACE + 10)
@@ -184,7 +184,7 @@ def test_sigterm_while_serving_exits_130_and_stops_everything(lmeval_runner, mod
     assert took < GRACE, f"stopping took {took:.2f} s"
     assert lm.stderr_lines == [
         *started_lines(model, port, folder), *ready_lines(model, port, folder),
-        "lmeval: stopped server server (3 processes ended)",
+        "lmeval: stopped model server (3 processes ended)",
         "lmeval: error: interrupted by SIGTERM; every server lmeval started has been stopped",
     ]
 
@@ -196,7 +196,7 @@ def test_interrupt_while_loading_exits_130_and_stops_everything(lmeval_runner, m
     lm = lmeval_runner.start(*serve_args(model, work, port), env=env)
     lm.wait_line(r"lmeval: loading .*")
     folder = serve_folder(work)
-    processes = server_processes(lm, folder / "servers" / "server.log")  # workers up, model "loading"
+    processes = server_processes(lm, folder / "servers" / "model.log")  # workers up, model "loading"
 
     sent = lm.signal(sig)
     code = lm.wait(timeout=GRACE + 10)
@@ -206,7 +206,7 @@ def test_interrupt_while_loading_exits_130_and_stops_everything(lmeval_runner, m
     assert took < GRACE, f"stopping took {took:.2f} s"
     assert lm.stderr_lines == [
         *started_lines(model, port, folder),
-        "lmeval: stopped server server (3 processes ended)",
+        "lmeval: stopped model server (3 processes ended)",
         f"lmeval: error: interrupted by {name}; every server lmeval started has been stopped",
     ]
 
@@ -217,7 +217,7 @@ def test_crash_during_load_fails_at_once_with_the_log(lmeval_runner, model, tmp_
     lm = lmeval_runner.start(*serve_args(model, work, port), env=env)
     lm.wait_line(r"lmeval: loading .*")
     folder = serve_folder(work)
-    log = folder / "servers" / "server.log"
+    log = folder / "servers" / "model.log"
     processes = server_processes(lm, log)
     server = processes["server"]
     assert wait_until(lambda: not running(server), 30, interval=0.005), "the stand-in did not crash"
@@ -236,14 +236,14 @@ def test_crash_during_load_fails_at_once_with_the_log(lmeval_runner, model, tmp_
     command = started_lines(model, port, folder)[-2].split(": ", 2)[2]
     assert lm.stderr_lines == [
         *started_lines(model, port, folder),
-        "lmeval: stopped server server (2 processes ended)",
-        f"lmeval: error: server server exited with code 1; see {log}",
+        "lmeval: stopped model server (2 processes ended)",
+        f"lmeval: error: model server exited with code 1; see {log}",
         f"log {log}, last lines:",
         *tail,
         f"reproduce with: {command}",
     ]
     errors = [line for line in lm.stderr_lines if line.startswith("lmeval: error:")]
-    assert errors == [f"lmeval: error: server server exited with code 1; see {log}"]
+    assert errors == [f"lmeval: error: model server exited with code 1; see {log}"]
     # The only traceback is the server's, inside the log tail: none of lmeval's own frames.
     assert "src/lmeval" not in "\n".join(lm.stderr_lines)
     assert "\n".join(lm.stderr_lines).count("Traceback (most recent call last)") == 1
@@ -274,7 +274,7 @@ def test_another_process_taking_the_port_during_load_is_not_our_server(lmeval_ru
     lm = lmeval_runner.start(*serve_args(model, work, port), env=env)
     lm.wait_line(r"lmeval: loading .*")
     folder = serve_folder(work)
-    log = folder / "servers" / "server.log"
+    log = folder / "servers" / "model.log"
     processes = server_processes(lm, log)
     with socket.socket() as intruder:
         intruder.bind(("127.0.0.1", port))
@@ -286,8 +286,8 @@ def test_another_process_taking_the_port_during_load_is_not_our_server(lmeval_ru
     command = started_lines(model, port, folder)[-2].split(": ", 2)[2]
     assert lm.stderr_lines == [
         *started_lines(model, port, folder),
-        "lmeval: stopped server server (3 processes ended)",
-        f"lmeval: error: server server cannot be reached: another process answers on port {port}; see {log}",
+        "lmeval: stopped model server (3 processes ended)",
+        f"lmeval: error: model server cannot be reached: another process answers on port {port}; see {log}",
         f"log {log}, last lines:",
         *tail,
         f"reproduce with: {command}",

@@ -217,13 +217,15 @@ def prepare_child() -> None:
 
 
 def tagged_processes(match) -> list[psutil.Process]:
-    """Every process whose lmeval tag satisfies MATCH(tag, owner)."""
+    """Every process of this user whose lmeval tag satisfies MATCH(tag, owner)."""
     found = []
-    me = os.getpid()
+    me, uid = os.getpid(), os.getuid()
     for process in psutil.process_iter():
         if process.pid == me:
             continue
         try:
+            if process.uids().real != uid:
+                continue  # never another user's processes, even when run as root
             env = process.environ()
         except (psutil.Error, OSError):
             continue
@@ -252,8 +254,8 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+        text = ""
+    return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
 
 
 class Server:
@@ -344,10 +346,11 @@ class Server:
         return process_tree(leader) if leader else []
 
     def stop(self, grace: float = 10.0) -> int:
-        """End the server and every process it spawned; return how many processes were ended."""
-        if self.popen is None:
-            return 0
+        """End the server and every process it spawned; return how many processes were ended.
+        The tag finds them even if start() was cut short before it kept the Popen."""
         ended = terminate(self._leader(), self.tag, grace)
+        if self.popen is None:
+            return ended
         self.popen.wait()
         self._write_state(stopped=True)
         return ended

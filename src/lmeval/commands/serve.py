@@ -17,7 +17,7 @@ from lmeval.tools import LMDEPLOY, find_executable
 def serve(app: Application, *, model: str, gpus: str | None, tp: int | None, port: int | None, host: str,
           server_args: str, lmdeploy: str | None, work_dir: Path, ready_timeout: float, grace: float) -> int:
     executable = find_executable(LMDEPLOY, lmdeploy)
-    spec, warning = plan_server("server", model=model, gpus=gpus, tp=tp, port=port, host=host,
+    spec, warning = plan_server("model", model=model, gpus=gpus, tp=tp, port=port, host=host,
                                 server_args=server_args)
     if warning:
         app.warn(warning)
@@ -25,7 +25,7 @@ def serve(app: Application, *, model: str, gpus: str | None, tp: int | None, por
     _, folder = claim_new_folder(work_dir, prefix="serve_")
     servers = folder / "servers"
     servers.mkdir(mode=0o700)
-    key_file = servers / "server.key"
+    key_file = servers / "model.key"
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(spec.api_key.get_secret_value() + "\n")
