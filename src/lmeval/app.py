@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from lmeval.exceptions import EXIT_INTERRUPTED, LmevalError
-from lmeval.signals import Terminated, terminate_as_interrupt
+from lmeval.signals import Terminated, shielded, terminate_as_interrupt
 
 
 class Application:
@@ -22,10 +22,15 @@ class Application:
 
     def info(self, text: str) -> None:
         """A progress line on stderr, so stdout carries only results."""
-        self.err.print(f"lmeval: {text}", markup=False)
+        self._line(f"lmeval: {text}")
 
     def warn(self, text: str) -> None:
-        self.err.print(f"lmeval: warning: {text}", markup=False)
+        self._line(f"lmeval: warning: {text}")
+
+    def _line(self, text: str) -> None:
+        # A Ctrl-C inside rich's print leaves the line buffered and printed twice: hold it off.
+        with shielded():
+            self.err.print(text, markup=False)
 
     def abort(self, text: str, code: int, detail: str = "") -> NoReturn:
         self.err.print(f"lmeval: error: {text}", markup=False)

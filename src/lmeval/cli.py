@@ -70,6 +70,8 @@ def cleanup(ctx: typer.Context, work_dir: Path = WORK_DIR, grace: float = GRACE)
 
 # Options shared by run, infer and judge; each command passes them on as one EvalOptions.
 REUSE = typer.Option(None, "--reuse", help="Resume or reuse the run with this id (yyyymmdd_HHMMSS).")
+REDO = typer.Option(False, "--redo", help="With --reuse: if the run was made with another model, datasets or "
+                    "generation settings, move its outputs aside (into RUN/stale-<time>/) and infer again.")
 LMDEPLOY_OPT = typer.Option(None, "--lmdeploy", help="lmdeploy executable [env LMEVAL_LMDEPLOY].")
 OPENCOMPASS_OPT = typer.Option(None, "--opencompass", help="opencompass executable [env LMEVAL_OPENCOMPASS].")
 READY_TIMEOUT = typer.Option(1800.0, "--ready-timeout", help="Seconds to wait for a model to load.")
@@ -102,6 +104,7 @@ def _target_command(stages: tuple[str, ...], doc: str):
         name: Optional[str] = typer.Option(None, "--name", help="Model name in the results (default: folder name)."),
         work_dir: Path = WORK_DIR,
         reuse: Optional[str] = REUSE,
+        redo: bool = REDO,
         gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU ids for the model, like 0,1."),
         tp: Optional[int] = typer.Option(None, "--tp", help="Tensor parallel size (default: number of GPUs)."),
         port: Optional[int] = typer.Option(None, "--port", help="Port of the model server."),

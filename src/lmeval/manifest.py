@@ -51,11 +51,16 @@ class Manifest(BaseModel):
     inputs: dict[str, Any] = {}
     model_abbr: str = ""
     datasets: list[dict[str, Any]] = []
-    fingerprint: str = ""
+    fingerprint: str = ""  # sha256 of what the predictions depend on (plan.fingerprint)
+    fingerprint_inputs: dict[str, Any] = {}  # what went into it, to say what a reuse changed
+    # Outputs of earlier settings, moved aside by `--reuse RUN --redo`: where to, when, and why.
+    stale: list[dict[str, Any]] = []
     servers: dict[str, ServerRecord] = {}
     versions: dict[str, str] = {}
     stages: dict[str, StageRecord] = {}
     wall_seconds: float | None = None  # the whole command, start to end
+    # One entry per summary row: dataset, metric, value, and for judged rows judge_replies and
+    # judge_invalid (replies that were neither correct nor incorrect).
     scores: list[dict[str, Any]] = []
 
     def stage(self, name: str) -> StageRecord:

@@ -19,6 +19,7 @@ class EvalOptions(BaseModel):
     name: str | None = None
     work_dir: Path = Path("outputs")
     reuse: str | None = None
+    redo: bool = False  # with reuse: move outputs of other settings aside instead of refusing
     # the target server
     gpus: str | None = None
     tp: int | None = None

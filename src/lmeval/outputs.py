@@ -5,6 +5,8 @@ stage worked is decided here, from the files it leaves:
     {run}/predictions/{model}/tmp_{dataset}.jsonl answers so far, one per line, while it runs
     {run}/infer_status/{model}/{dataset}.json     {"status", "completed", "total"} of the concurrent task
     {run}/results/{model}/{dataset}.json          written when a dataset is scored
+    {run}/results/{model}/{dataset}_replica{k}.json   the judge's raw replies for replica k
+                                                  (`_llm_judge_replica{k}` under a cascade)
     {run}/logs/{infer|eval}/{model}/{dataset}.out a task's log (one inference task holds every
                                                   dataset: its log is named after the first)
     {run}/summary/summary_{call time}.csv         one per eval call; the newest counts
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 LOG_TAIL_LINES = 12
@@ -77,6 +80,64 @@ class Score:
     dataset: str
     metric: str
     value: float | None  # None where OpenCompass wrote '-'
+    # For datasets the judge scored: its replies, and those that were neither A (correct) nor
+    # B (incorrect). OpenCompass counts the latter as wrong in the accuracy; lmeval shows them.
+    judge_replies: int | None = None
+    judge_invalid: int | None = None
+
+
+# generic_llmjudge_postprocess (OpenCompass 0.5.4) grades by the first "A" or "B" anywhere in
+# the judge's reply; a reply holding neither is "not attempted" and scored as wrong.
+_VERDICT = re.compile(r"A|B")
+
+
+@dataclass(frozen=True)
+class JudgeReplies:
+    total: int
+    invalid: int  # neither A (correct) nor B (incorrect)
+
+    def __add__(self, other: JudgeReplies) -> JudgeReplies:
+        return JudgeReplies(self.total + other.total, self.invalid + other.invalid)
+
+
+def judge_reply_files(run_dir: Path, model: str, dataset: str) -> list[Path]:
+    """The judge's raw replies for DATASET: one file per replica, written when the judging of
+    that replica is complete (`tmp_*` files of an interrupted one are not counted)."""
+    folder = run_dir / "results" / model
+    if not folder.is_dir():
+        return []
+    for infix in ("", "_llm_judge"):  # GenericLLMEvaluator; CascadeEvaluator's llm_evaluator
+        pattern = re.compile(rf"{re.escape(dataset)}{infix}_replica\d+\.json")
+        found = sorted(path for path in folder.iterdir() if pattern.fullmatch(path.name))
+        if found:
+            return found
+    return []
+
+
+def judge_replies(run_dir: Path, model: str, dataset: str) -> JudgeReplies | None:
+    """How many judge replies DATASET got and how many were invalid; None if the judge gave none."""
+    files = judge_reply_files(run_dir, model, dataset)
+    if not files:
+        return None
+    total = invalid = 0
+    for path in files:
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for entry in entries.values() if isinstance(entries, dict) else ():
+            replies = entry.get("prediction") if isinstance(entry, dict) else None
+            for reply in replies if isinstance(replies, list) else [replies]:
+                total += 1
+                if not isinstance(reply, str) or not _VERDICT.search(reply):
+                    invalid += 1
+    return JudgeReplies(total, invalid)
+
+
+def with_judge_replies(score: Score, counts: JudgeReplies | None) -> Score:
+    if counts is None:
+        return score
+    return replace(score, judge_replies=counts.total, judge_invalid=counts.invalid)
 
 
 def latest_summary(run_dir: Path) -> Path | None:

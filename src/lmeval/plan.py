@@ -17,13 +17,13 @@ from lmeval import __version__, configgen, outputs
 from lmeval import gpus as gpu_inventory
 from lmeval.exceptions import UsageError
 from lmeval.launch import (
+    REDACTED,
     ServerSpec,
     check_model,
     check_port_free,
     free_port,
     new_api_key,
     parse_server_args,
-    redact,
     server_arg_value,
     served_name,
 )
@@ -101,6 +101,11 @@ class EvalPlan:
     ready_timeout: float
     grace: float
     dry_run: bool
+    # Dataset files to copy into the run (source, copy), done under the run's lock.
+    copies: tuple[tuple[Path, Path], ...] = ()
+    # Set by `--reuse RUN --redo` when RUN was made with other settings: why its outputs are
+    # moved aside before anything runs.
+    redo_reason: str = ""
 
     @property
     def abbrs(self) -> list[str]:
@@ -162,18 +167,52 @@ def external_server(url: str, key: SecretStr | None, option: str, tokenizer_path
                                  tokenizer_path=tokenizer_path, in_flight=EXTERNAL_IN_FLIGHT)
 
 
-def fingerprint(model: str, model_abbr: str, datasets: tuple[configgen.DatasetRef, ...],
-                generation: configgen.Generation) -> str:
-    """What the predictions depend on; a reuse with another fingerprint would mix answers."""
+def fingerprint_inputs(model: str, model_abbr: str, datasets: tuple[configgen.DatasetRef, ...],
+                       generation: configgen.Generation) -> dict:
+    """What the predictions depend on: the model, its name, each dataset (a file by its
+    content) and the generation settings. No secrets: it is stored in the manifest."""
     items = []
     for item in datasets:
         if isinstance(item, configgen.SuiteDataset):
             items.append(["suite", item.name])
         else:
             items.append(["file", item.name, item.kind, hashlib.sha256(Path(item.path).read_bytes()).hexdigest()])
-    payload = json.dumps({"model": model, "abbr": model_abbr, "datasets": items,
-                          "generation": generation.model_dump()}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return {"model": model, "abbr": model_abbr, "datasets": items, "generation": generation.model_dump()}
+
+
+def fingerprint_of(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint(model: str, model_abbr: str, datasets: tuple[configgen.DatasetRef, ...],
+                generation: configgen.Generation) -> str:
+    """A reuse with another fingerprint would mix answers to other prompts or settings."""
+    return fingerprint_of(fingerprint_inputs(model, model_abbr, datasets, generation))
+
+
+def describe_change(old: dict, new: dict) -> str:
+    """What differs between two fingerprint inputs, in words: `with temperature 0.6, not 0.1`."""
+    if not old:
+        return "with other settings"
+    parts = []
+    if old.get("model") != new["model"]:
+        parts.append(f"with model {old.get('model')}, not {new['model']}")
+    if old.get("abbr") != new["abbr"]:
+        parts.append(f"under the name {old.get('abbr')}, not {new['abbr']}")
+    old_sets, new_sets = old.get("datasets") or [], new["datasets"]
+    if [item[1] for item in old_sets] != [item[1] for item in new_sets]:
+        parts.append(f"for datasets {', '.join(item[1] for item in old_sets) or 'none'}, "
+                     f"not {', '.join(item[1] for item in new_sets)}")
+    else:
+        changed = [new_item[1] for old_item, new_item in zip(old_sets, new_sets) if old_item != new_item]
+        if changed:
+            parts.append(f"from other contents of dataset {', '.join(changed)}")
+    old_gen, new_gen = old.get("generation") or {}, new["generation"]
+    settings = [f"{key.replace('_', '-')} {old_gen.get(key)}, not {new_gen.get(key)}"
+                for key in sorted(set(old_gen) | set(new_gen)) if old_gen.get(key) != new_gen.get(key)]
+    if settings:
+        parts.append("with " + "; ".join(settings))
+    return "; ".join(parts) or "with other settings"
 
 
 def _generation(options: EvalOptions) -> configgen.Generation:
@@ -194,19 +233,33 @@ def _existing_run(work_dir: Path, run_id: str) -> tuple[Path, Manifest]:
     return run_dir, Manifest.load(run_dir)
 
 
-def _copy_inputs(datasets, inputs_dir: Path) -> tuple[configgen.DatasetRef, ...]:
-    """Keep the run's own copy of each dataset file, so a later judge reads what was inferred."""
-    inputs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    copied = []
+def _run_copies(datasets, inputs_dir: Path) -> tuple[tuple[configgen.DatasetRef, ...], tuple[tuple[Path, Path], ...]]:
+    """The run keeps its own copy of each dataset file, so a later judge reads what was inferred.
+
+    Returns the datasets pointing at those copies, and the copies still to make (made by the
+    stage, under the run's lock; the plan writes nothing).
+    """
+    pointed, copies = [], []
     for item in datasets:
         if isinstance(item, configgen.SuiteDataset):
-            copied.append(item)
+            pointed.append(item)
             continue
         target = inputs_dir / f"{item.name}{Path(item.path).suffix}"
-        if not target.exists():
-            shutil.copyfile(item.path, target)
-        copied.append(item.model_copy(update={"path": str(target)}))
-    return tuple(copied)
+        if Path(item.path) != target:
+            copies.append((Path(item.path), target))
+        pointed.append(item.model_copy(update={"path": str(target)}))
+    return tuple(pointed), tuple(copies)
+
+
+def redact_argv(argv: list[str], secrets: list[str]) -> list[str]:
+    """ARGV with every secret hidden, also inside `--api-key=K` forms."""
+    hidden = [secret for secret in secrets if secret]
+    redacted = []
+    for arg in argv:
+        for secret in hidden:
+            arg = arg.replace(secret, REDACTED)
+        redacted.append(arg)
+    return redacted
 
 
 def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text: None) -> EvalPlan:
@@ -215,6 +268,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     work_dir = prepare_work_dir(options.work_dir)
     judge_only = "infer" not in stages
     manifest = None
+    if options.redo and (judge_only or not options.reuse):
+        raise UsageError("--redo goes with lmeval run/infer --reuse RUN: it redoes that run's inference")
     if judge_only:
         if not options.reuse:
             raise UsageError("lmeval judge needs --reuse RUN: the run whose predictions to judge")
@@ -284,31 +339,60 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     if "{{" in str(work_dir):
         raise UsageError(f"work dir {work_dir} contains '{{{{', which OpenCompass rewrites in its configs; "
                          "pick another -w")
+    copies: tuple[tuple[Path, Path], ...] = ()
+    redo_reason = ""
     if judge_only:
         pass
     elif options.reuse:
         run_dir, manifest = _existing_run(work_dir, options.reuse)
-        datasets = _copy_inputs(datasets, run_dir / "lmeval" / "inputs")
-        wanted = fingerprint(model, model_abbr, datasets, generation)
+        # Compared on the files as given now (the run's own copies hold what was inferred).
+        inputs_now = fingerprint_inputs(model, model_abbr, datasets, generation)
+        wanted = fingerprint_of(inputs_now)
         if manifest.fingerprint and manifest.fingerprint != wanted:
-            raise UsageError(f"run {options.reuse} was made with another model, datasets or generation settings; "
-                             "its predictions would be mixed with new ones: start a new run instead")
+            change = describe_change(manifest.fingerprint_inputs, inputs_now)
+            if not options.redo:
+                raise UsageError(
+                    f"run {options.reuse} was inferred {change}; its predictions would be mixed with new ones: "
+                    f"start a new run, or add --redo to move its outputs aside into {options.reuse}/stale-<time>/ "
+                    "and infer again")
+            redo_reason = f"inferred {change}"
+            # In memory only: saved once the stage holds the lock and has moved the outputs.
+            manifest.stale.append({"reason": redo_reason, "fingerprint": manifest.fingerprint,
+                                   "fingerprint_inputs": manifest.fingerprint_inputs,
+                                   "stages": {name: record.status for name, record in manifest.stages.items()},
+                                   "scores": manifest.scores})
+            manifest.stages, manifest.scores = {}, []
+        elif options.redo:
+            notify(f"--redo: run {options.reuse} was made with these settings; nothing to redo, resuming it")
+        datasets, copies = _run_copies(datasets, run_dir / "lmeval" / "inputs")
+        if redo_reason or not manifest.fingerprint:
+            manifest.fingerprint, manifest.fingerprint_inputs = wanted, inputs_now
+            manifest.inputs = _recorded_inputs(options, model, datasets, generation)
+            manifest.model_abbr = model_abbr
+        # Only copies missing from the run are made, unless the redo replaces them all.
+        copies = copies if redo_reason else tuple((src, dst) for src, dst in copies if not dst.exists())
     else:
+        inputs_now = fingerprint_inputs(model, model_abbr, datasets, generation)
         run_id, run_dir = claim_new_folder(work_dir)
-        datasets = _copy_inputs(datasets, run_dir / "lmeval" / "inputs")
+        datasets, copies = _run_copies(datasets, run_dir / "lmeval" / "inputs")
         manifest = Manifest(run_id=run_id, model_abbr=model_abbr)
-        manifest.fingerprint = fingerprint(model, model_abbr, datasets, generation)
-        manifest.inputs = {
-            "model": model, "task": options.task, "datasets": options.datasets,
-            "files": [item.path for item in datasets if isinstance(item, configgen.UserDataset)],
-            "name": options.name, "generation": generation.model_dump(),
-        }
-    manifest.command = redact(sys.argv, [key.get_secret_value() for key in (options.api_key, options.judger_key) if key])
+        manifest.fingerprint, manifest.fingerprint_inputs = fingerprint_of(inputs_now), inputs_now
+        manifest.inputs = _recorded_inputs(options, model, datasets, generation)
+    manifest.command = redact_argv(sys.argv, [key.get_secret_value() for key in (options.api_key, options.judger_key) if key])
     manifest.versions = {"lmeval": __version__, "opencompass": installed_version(opencompass, "opencompass"),
                          "lmdeploy": installed_version(lmdeploy, "lmdeploy") if lmdeploy else "not used"}
     return EvalPlan(
         run_id=run_dir.name, run_dir=run_dir, work_dir=work_dir, manifest=manifest, opencompass=opencompass,
         lmdeploy=lmdeploy, datasets=datasets, model_abbr=model_abbr, generation=generation, target=target,
         target_spec=target_spec, judge=judge, judge_spec=judge_spec, ready_timeout=options.ready_timeout,
-        grace=options.grace, dry_run=options.dry_run,
+        grace=options.grace, dry_run=options.dry_run, copies=copies, redo_reason=redo_reason,
     )
+
+
+def _recorded_inputs(options: EvalOptions, model: str, datasets, generation: configgen.Generation) -> dict:
+    """What `lmeval judge --reuse` reads back: the run's dataset copies, never the user's files."""
+    return {
+        "model": model, "task": options.task, "datasets": options.datasets,
+        "files": [item.path for item in datasets if isinstance(item, configgen.UserDataset)],
+        "name": options.name, "generation": generation.model_dump(),
+    }

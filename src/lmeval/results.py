@@ -21,36 +21,88 @@ def score_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+INVALID_COLUMN = "invalid judge replies"
+
+
+def invalid_text(score: outputs.Score) -> str:
+    """`2 of 40` for a judged dataset, empty for one scored by rule."""
+    if score.judge_replies is None:
+        return ""
+    return f"{score.judge_invalid} of {score.judge_replies}"
+
+
+def any_invalid(scores: list[outputs.Score]) -> bool:
+    """Whether the judge gave any invalid reply: only then do the table, CSV and Markdown get
+    the column (JSON always carries the counts)."""
+    return any(score.judge_invalid for score in scores)
+
+
+def invalid_warnings(scores: list[outputs.Score]) -> list[str]:
+    return [f"{score.dataset}: {invalid_text(score)} judge replies were neither A (correct) nor B "
+            f"(incorrect); OpenCompass counts them as wrong in {score.metric}"
+            for score in scores if score.judge_invalid]
+
+
 def render_scores(model: str, scores: list[outputs.Score], fmt: str) -> str:
     """SCORES in FMT; the table is rendered by rich by the caller, the others are plain text."""
-    rows = [(s.dataset, s.metric, score_text(s.value)) for s in scores]
+    extra = any_invalid(scores)
+    rows = [(s.dataset, s.metric, score_text(s.value), *([invalid_text(s)] if extra else [])) for s in scores]
     if fmt == "json":
-        return json.dumps([{"dataset": s.dataset, "metric": s.metric, "model": model, "score": s.value}
+        return json.dumps([{"dataset": s.dataset, "metric": s.metric, "model": model, "score": s.value,
+                            "judge_replies": s.judge_replies, "judge_invalid": s.judge_invalid}
                            for s in scores], indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["dataset", "metric", model])
-        writer.writerows(rows)
+        writer.writerow(["dataset", "metric", model, *(["invalid_judge_replies", "judge_replies"] if extra else [])])
+        writer.writerows([(s.dataset, s.metric, score_text(s.value),
+                           *([_count(s.judge_invalid), _count(s.judge_replies)] if extra else []))
+                          for s in scores])
         return buffer.getvalue().rstrip("\n")
-    lines = [f"| dataset | metric | {model} |", "| --- | --- | ---: |"]
-    lines += [f"| {dataset} | {metric} | {score} |" for dataset, metric, score in rows]
+    head = f"| dataset | metric | {model} |" + (f" {INVALID_COLUMN} |" if extra else "")
+    lines = [head, "| --- | --- | ---: |" + (" ---: |" if extra else "")]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
 def print_scores(app, model: str, scores: list[outputs.Score], fmt: str = "table") -> None:
+    for warning in invalid_warnings(scores):
+        app.warn(warning)
     if fmt != "table":
         app.out.print(render_scores(model, scores, fmt), markup=False)
         return
     from rich.table import Table
 
+    extra = any_invalid(scores)
     table = Table(title=f"Scores of {model}")
     table.add_column("dataset")
     table.add_column("metric")
     table.add_column(model, justify="right")
+    if extra:
+        table.add_column(INVALID_COLUMN, justify="right")
     for score in scores:
-        table.add_row(score.dataset, score.metric, score_text(score.value))
+        table.add_row(score.dataset, score.metric, score_text(score.value), *([invalid_text(score)] if extra else []))
     app.out.print(table)
+
+
+def judged_scores(run_dir: Path, model: str, scores: list[outputs.Score],
+                  recorded: list[dict] | None = None) -> list[outputs.Score]:
+    """SCORES with the judge's reply counts: as the manifest recorded them for each row (group
+    rows sum their datasets), else read from the row's own judge files."""
+    known = {(entry.get("dataset"), entry.get("metric")): entry for entry in recorded or []}
+    filled = []
+    for score in scores:
+        entry = known.get((score.dataset, score.metric), {})
+        if entry.get("judge_replies") is not None:
+            filled.append(outputs.with_judge_replies(
+                score, outputs.JudgeReplies(entry["judge_replies"], entry.get("judge_invalid") or 0)))
+        else:
+            filled.append(outputs.with_judge_replies(score, outputs.judge_replies(run_dir, model, score.dataset)))
+    return filled
 
 
 def find_run(work_dir: Path, run: str) -> Path:
@@ -72,11 +124,13 @@ def results(app, *, run: str, work_dir: Path, fmt: str) -> int:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     folder = find_run(work_dir, run)
     try:
-        model = json.loads((folder / "lmeval.json").read_text())["model_abbr"]
-    except (OSError, ValueError, KeyError):
+        manifest = json.loads((folder / "lmeval.json").read_text())
+        model = manifest["model_abbr"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{folder} has no readable lmeval.json: not an lmeval run") from None
     summary = outputs.latest_summary(folder)
     if summary is None:
         raise UsageError(f"run {folder.name} has no scores yet; evaluate it with `lmeval judge --reuse {folder.name}`")
-    print_scores(app, model, outputs.read_summary(summary, model), fmt)
+    scores = outputs.read_summary(summary, model)
+    print_scores(app, model, judged_scores(folder, model, scores, manifest.get("scores")), fmt)
     return 0

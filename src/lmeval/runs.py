@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,12 +18,18 @@ RUN_ID_PATTERN = re.compile(r"\d{8}_\d{6}")
 def prepare_work_dir(work_dir: Path) -> Path:
     """Create WORK_DIR if needed and check lmeval can write there; return it absolute."""
     work_dir = work_dir.expanduser().absolute()
+    if work_dir.exists() and not work_dir.is_dir():
+        raise UsageError(f"work dir {work_dir} is not a folder; pick another -w")
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot create work dir {work_dir}: {error.strerror}; pick another -w") from None
-    if not os.access(work_dir, os.W_OK | os.X_OK):
-        raise UsageError(f"work dir {work_dir} is not writable; pick another -w")
+    # Try it: permission bits say nothing for root, read-only mounts or immutable folders.
+    try:
+        with tempfile.TemporaryFile(dir=work_dir, prefix=".lmeval-probe-"):
+            pass
+    except OSError as error:
+        raise UsageError(f"work dir {work_dir} is not writable ({error.strerror}); pick another -w") from None
     return work_dir
 
 
@@ -44,3 +51,22 @@ def check_run_id(run_id: str) -> str:
     if not RUN_ID_PATTERN.fullmatch(run_id):
         raise UsageError(f"run id {run_id!r} is malformed; run ids look like 20250101_120000")
     return run_id
+
+
+STALE_PREFIX = "stale-"
+
+
+def move_aside(run_dir: Path, names: list[str], now: datetime | None = None) -> Path:
+    """Move the entries NAMES of RUN_DIR that exist into a new `stale-<time>/` folder inside it.
+
+    Nothing is deleted: the outputs of earlier settings stay in the run folder, out of
+    OpenCompass's way (it reuses any predictions or results it finds).
+    """
+    _, folder = claim_new_folder(run_dir, prefix=STALE_PREFIX, now=now)
+    for name in names:
+        source = run_dir / name
+        if source.exists():
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(source, target)
+    return folder

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -24,9 +26,15 @@ from lmeval.configgen import ServedModel
 from lmeval.plan import EvalPlan, make_plan
 from lmeval.readiness import wait_ready
 from lmeval.results import print_scores
+from lmeval.runs import move_aside
 
 SUPERVISE_SECONDS = 0.2
 PROGRESS_SECONDS = 5.0
+# What `--reuse RUN --redo` moves aside: everything that came from the old settings and that
+# OpenCompass would otherwise reuse (predictions, results) or mix in (summaries, logs).
+STALE_ENTRIES = ["predictions", "results", "summary", "infer_status", "logs", "lmeval/inputs",
+                 "lmeval/infer_config.py", "lmeval/eval_config.py", "lmeval/opencompass_infer.log",
+                 "lmeval/opencompass_eval.log"]
 
 
 def write_private(path: Path, text: str) -> None:
@@ -103,7 +111,9 @@ class Evaluation:
             for server in watched:
                 code = server.exit_code()
                 if code is not None:
-                    raise server.failure(f"exited with code {code} during {stage}")
+                    failure = server.failure(f"{exit_text(code)} during {stage}")
+                    failure.message += f"; {self.resume_hint(stage)}"
+                    raise failure
             if stage == "infer" and time.monotonic() - last_shown >= PROGRESS_SECONDS:
                 progress = self.progress_line()
                 if progress != last_progress:
@@ -111,6 +121,12 @@ class Evaluation:
                     last_progress = progress
                 last_shown = time.monotonic()
             time.sleep(SUPERVISE_SECONDS)
+
+    def resume_hint(self, stage: str) -> str:
+        if stage == "infer":
+            return (f"the answers so far are kept: rerun the same command with --reuse {self.plan.run_id} "
+                    "to send only the rest")
+        return f"rerun `lmeval judge --reuse {self.plan.run_id} -w {self.plan.work_dir}` to resume"
 
     def progress_line(self) -> str:
         parts = []
@@ -144,16 +160,34 @@ class Evaluation:
                 f"`lmeval judge --reuse {self.plan.run_id} -w {self.plan.work_dir}`",
                 outputs.failure_report(self.run_dir, "eval", self.plan.model_abbr, list(failed)),
             )
-        return scores
+        return [outputs.with_judge_replies(score, self.judge_replies(score.dataset)) for score in scores]
+
+    def judge_replies(self, row: str) -> outputs.JudgeReplies | None:
+        """The judge's reply counts behind one summary row: its dataset's, or for a group row
+        (mmlu_pro) the sum over the group's datasets. None for rows scored by rule."""
+        for item in self.plan.datasets:
+            if not item.needs_judge:
+                continue
+            if isinstance(item, configgen.SuiteDataset):
+                groups = {group for group, _metric in item.summary if group not in item.abbrs}
+                abbrs = list(item.abbrs) if row in groups else [row] if row in item.abbrs else []
+            else:
+                abbrs = [item.name] if row == item.name else []
+            if abbrs:
+                counts = [c for abbr in abbrs
+                          if (c := outputs.judge_replies(self.run_dir, self.plan.model_abbr, abbr)) is not None]
+                return sum(counts[1:], counts[0]) if counts else None
+        return None
 
     # ------------------------------------------------------------ commands
 
     def execute(self, stages: tuple[str, ...]) -> int:
         plan = self.plan
-        if plan.dry_run:
-            return self.dry_run(stages)
         began = time.monotonic()
-        with RunLock(self.run_dir):
+        with RunLock(self.run_dir):  # a dry run too: it writes configs into the run folder
+            if plan.dry_run:
+                return self.dry_run(stages)
+            self.prepare_folder()
             try:
                 with ServerGroup(plan.lmdeploy, self.run_dir / "servers", plan.run_id, plan.grace,
                                  notify=self.app.info) as group:
@@ -163,6 +197,28 @@ class Evaluation:
                 self.manifest.wall_seconds = round(time.monotonic() - began, 3)
                 self.save()
         return 0
+
+    def prepare_folder(self) -> None:
+        """Under the lock, before any server starts: move the outputs of other settings aside
+        (`--redo`), and copy the dataset files into the run."""
+        plan = self.plan
+        if plan.redo_reason:
+            previous = self.run_dir / "lmeval.json"
+            folder = move_aside(self.run_dir, STALE_ENTRIES)
+            if previous.is_file():
+                shutil.copy2(previous, folder / "lmeval.json")
+            entry = self.manifest.stale[-1] if self.manifest.stale else {}
+            entry.update(moved_to=folder.name, at=time.time())
+            self.manifest.stale[-1:] = [entry]
+            self.app.warn(f"run {plan.run_id} was {plan.redo_reason}: its outputs were moved to {folder}; "
+                          "inferring again")
+        self.copy_inputs()
+        self.save()
+
+    def copy_inputs(self) -> None:
+        for source, target in self.plan.copies:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copyfile(source, target)
 
     def execute_stages(self, group: ServerGroup, stages: tuple[str, ...]) -> None:
         plan = self.plan
@@ -241,6 +297,12 @@ class Evaluation:
     def dry_run(self, stages: tuple[str, ...]) -> int:
         plan = self.plan
         self.app.out.print(f"run {plan.run_id} in {self.run_dir}", markup=False)
+        if plan.redo_reason:  # a dry run moves nothing: say what a real one would do, and stop
+            self.app.out.print(f"run {plan.run_id} was {plan.redo_reason}: --redo would move "
+                               f"{', '.join(STALE_ENTRIES)} into {plan.run_id}/stale-<time>/ and infer again",
+                               markup=False)
+            return 0
+        self.copy_inputs()
         for spec in (plan.target_spec, plan.judge_spec):
             if spec is not None:
                 from lmeval.launch import server_argv
@@ -261,8 +323,21 @@ class Evaluation:
         return 0
 
 
+def exit_text(code: int) -> str:
+    """`exited with code 3`, or `was killed by SIGKILL` for a negative Popen return code."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 def evaluate(app: Application, options: EvalOptions, stages: tuple[str, ...]) -> int:
     """The body of `lmeval run`, `lmeval infer` and `lmeval judge`."""
+    # Everything lmeval writes - manifest, logs, dataset copies, configs holding keys - and
+    # everything its children write is the owner's alone.
+    os.umask(0o077)
     plan = make_plan(options, stages, notify=app.warn)
     return Evaluation(app, plan).execute(stages)
 
