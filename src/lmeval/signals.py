@@ -24,15 +24,29 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_shield_depth = 0
+
+
 @contextmanager
 def shielded() -> Iterator[None]:
     """Hold off SIGINT and SIGTERM while a stop is in progress, so a second Ctrl-C
-    cannot cut the teardown short and leave processes behind."""
+    cannot cut the teardown short and leave processes behind. Nested shields are one shield:
+    the outermost delivers what arrived."""
+    global _shield_depth
+    if _shield_depth:
+        _shield_depth += 1
+        try:
+            yield
+        finally:
+            _shield_depth -= 1
+        return
     pending: list[int] = []
     handlers = {sig: signal.signal(sig, lambda s, f: pending.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _shield_depth = 1
     try:
         yield
     finally:
+        _shield_depth = 0
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         if pending:
