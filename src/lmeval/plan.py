@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ def plan_server(
     OPTION_PREFIX names the options in messages (`--judge-` for the judge's).
     """
     gpu_option, tp_option = f"--{option_prefix}gpus", f"--{option_prefix}tp"
-    model_path = check_model(model)
+    model_path = check_model(model, f"--{option_prefix}model" if option_prefix else "MODEL")
     extra = parse_server_args(server_args, f"--{option_prefix}server-args")
     requested = gpu_inventory.parse_gpu_list(gpus, gpu_option) if gpus else None
     if tp is not None and tp < 1:
@@ -60,7 +59,10 @@ def plan_server(
                                         (f"{tp_option} {count}", tp_option),
                                         taken_gpus)
     if port is not None:
-        check_port_free(host, port)
+        try:
+            check_port_free(host, port)
+        except UsageError as error:  # name the option the user gave
+            raise UsageError(error.message.replace("--port", f"--{option_prefix}port")) from None
     spec = ServerSpec(
         role=role,
         model=model_path,
@@ -204,7 +206,8 @@ def describe_change(old: dict, new: dict) -> str:
         parts.append(f"for datasets {', '.join(item[1] for item in old_sets) or 'none'}, "
                      f"not {', '.join(item[1] for item in new_sets)}")
     else:
-        changed = [new_item[1] for old_item, new_item in zip(old_sets, new_sets) if old_item != new_item]
+        changed = [new_item[1] for old_item, new_item in zip(old_sets, new_sets, strict=True)
+                   if old_item != new_item]
         if changed:
             parts.append(f"from other contents of dataset {', '.join(changed)}")
     old_gen, new_gen = old.get("generation") or {}, new["generation"]
@@ -378,7 +381,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         manifest = Manifest(run_id=run_id, model_abbr=model_abbr)
         manifest.fingerprint, manifest.fingerprint_inputs = fingerprint_of(inputs_now), inputs_now
         manifest.inputs = _recorded_inputs(options, model, datasets, generation)
-    manifest.command = redact_argv(sys.argv, [key.get_secret_value() for key in (options.api_key, options.judger_key) if key])
+    given_keys = [key.get_secret_value() for key in (options.api_key, options.judger_key) if key]
+    manifest.command = redact_argv(sys.argv, given_keys)
     manifest.versions = {"lmeval": __version__, "opencompass": installed_version(opencompass, "opencompass"),
                          "lmdeploy": installed_version(lmdeploy, "lmdeploy") if lmdeploy else "not used"}
     return EvalPlan(

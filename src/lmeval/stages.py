@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lmeval import configgen, outputs
 from lmeval.app import Application
-from lmeval.exceptions import StageFailed
+from lmeval.exceptions import ServerFailed, StageFailed
 from lmeval.launch import Server, ServerGroup, ServerSpec, redact
 from lmeval.manifest import RunLock, ServerRecord
 from lmeval.ocrun import OpenCompassRun
@@ -53,6 +53,8 @@ class Evaluation:
         self.plan = plan
         self.manifest = plan.manifest
         self.run_dir = plan.run_dir
+        # A watched server that died as OpenCompass was ending: the cause, if outputs are missing.
+        self.server_failure: ServerFailed | None = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -108,12 +110,9 @@ class Evaluation:
         last_progress = ""
         last_shown = time.monotonic()
         while oc.poll() is None:
-            for server in watched:
-                code = server.exit_code()
-                if code is not None:
-                    failure = server.failure(f"{exit_text(code)} during {stage}")
-                    failure.message += f"; {self.resume_hint(stage)}"
-                    raise failure
+            failure = self.dead_server(stage, watched)
+            if failure:
+                raise failure
             if stage == "infer" and time.monotonic() - last_shown >= PROGRESS_SECONDS:
                 progress = self.progress_line()
                 if progress != last_progress:
@@ -121,6 +120,17 @@ class Evaluation:
                     last_progress = progress
                 last_shown = time.monotonic()
             time.sleep(SUPERVISE_SECONDS)
+        # OpenCompass may have given up on a dead server before the poll above saw it die.
+        self.server_failure = self.dead_server(stage, watched)
+
+    def dead_server(self, stage: str, watched: list[Server]) -> ServerFailed | None:
+        for server in watched:
+            code = server.exit_code()
+            if code is not None:
+                failure = server.failure(f"{exit_text(code)} during {stage}")
+                failure.message += f"; {self.resume_hint(stage)}"
+                return failure
+        return None
 
     def resume_hint(self, stage: str) -> str:
         if stage == "infer":
@@ -135,15 +145,24 @@ class Evaluation:
             parts.append(f"{abbr} {done}/{total if total is not None else '?'}")
         return ", ".join(parts)
 
+    def stage_failed(self, stage: str, error: StageFailed) -> StageFailed:
+        """Record in the manifest that STAGE failed (found from its outputs); return ERROR to raise."""
+        record = self.manifest.stage(stage)
+        record.status, record.message = "failed", error.message
+        self.save()
+        return error
+
     def check_predictions(self) -> None:
         names = self.plan.abbrs
         missing = outputs.missing_predictions(self.run_dir, self.plan.model_abbr, names)
+        if missing and self.server_failure:
+            raise self.stage_failed("infer", self.server_failure)
         if missing:
-            raise StageFailed(
+            raise self.stage_failed("infer", StageFailed(
                 f"inference failed for {', '.join(missing)}: no predictions written; "
                 f"see the logs below, then resume with `lmeval infer ... --reuse {self.plan.run_id}`",
                 outputs.failure_report(self.run_dir, "infer", self.plan.model_abbr, missing),
-            )
+            ))
 
     def check_results(self) -> list[outputs.Score]:
         names = self.plan.abbrs
@@ -153,13 +172,15 @@ class Evaluation:
         scores = outputs.read_summary(summary, self.plan.model_abbr) if summary else []
         scored = {score.dataset for score in scores if score.value is not None}
         failed.update({name: "no score in the summary" for name in names if name not in scored and name not in failed})
+        if failed and self.server_failure:
+            raise self.stage_failed("eval", self.server_failure)
         if failed:
             listing = "; ".join(f"{name} ({why})" for name, why in failed.items())
-            raise StageFailed(
+            raise self.stage_failed("eval", StageFailed(
                 f"evaluation failed for {listing}; see the logs below, then retry with "
                 f"`lmeval judge --reuse {self.plan.run_id} -w {self.plan.work_dir}`",
                 outputs.failure_report(self.run_dir, "eval", self.plan.model_abbr, list(failed)),
-            )
+            ))
         return [outputs.with_judge_replies(score, self.judge_replies(score.dataset)) for score in scores]
 
     def judge_replies(self, row: str) -> outputs.JudgeReplies | None:
