@@ -276,8 +276,12 @@ def test_sigkill_leaves_what_lmeval_cleanup_ends(reaper, tmp_path, venvs):
     lm.popen.send_signal(signal.SIGKILL)
     assert lm.wait(10) == -signal.SIGKILL
     # The servers' main processes get SIGTERM as lmeval dies; the tp workers stay, as LMDeploy's do.
-    left = wait_until(lambda: [p for p in reaper.leftovers()], 10, what="leftovers")
-    assert {p.pid for p in servers if alive(p)} <= {p.pid for p in left}
+    # Once the dying main processes are gone, every server process still alive is a leftover.
+    def settled() -> list | None:
+        left = reaper.leftovers()
+        return left if left and {p.pid for p in servers if alive(p)} <= {p.pid for p in left} else None
+
+    left = wait_until(settled, 10, what="the leftovers to settle")
     assert len(left) >= 4, describe(left)
 
     cleanup = reaper.run(["cleanup", "-w", str(work_dir), "--grace", "3"], work_dir=work_dir, timeout=60)
