@@ -57,3 +57,27 @@ def test_infer_then_judge_reuse_gives_the_same_scores(scenario, tmp_path, venvs)
     shown = lmeval(["results", run_id, "-w", str(work_dir), "--format", "csv"])
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == ["dataset,metric,demo-chat", "trivia,accuracy,60.00", "choices,accuracy,80.00"]
+
+
+def test_replicas_behind_the_real_proxy_share_the_work(scenario, tmp_path, venvs):
+    """Two model and two judge replicas behind LMDeploy's own proxy: same scores, both replicas
+    of each role answered, every process gone."""
+    work_dir = tmp_path / "out"
+    args = [str(SAMPLE_MODELS / "demo-chat"), "--dataset", str(scenario.qa), "--dataset", str(scenario.mc),
+            "--gpus", "0,1", "--replicas", "2", "--judge-model", str(SAMPLE_MODELS / "demo-judge"),
+            "--judge-gpus", "2,3", "--judge-tp", "1", "--judge-replicas", "2", "-w", str(work_dir), *tools(venvs)]
+    result = lmeval(["run", *args], env={"STANDIN_ANSWER_KEY": str(scenario.key),
+                                        "STANDIN_REAL_LMDEPLOY": str(venvs / "lmdeploy" / "bin" / "lmdeploy")})
+    assert result.returncode == 0, result.stderr
+    assert score_table(result.stdout) == scenario.expected
+    assert run_processes(work_dir) == []
+    run_dir = next(work_dir.iterdir())
+    for role in ("target", "judge"):
+        proxy_log = (run_dir / "servers" / f"{role}-proxy.log").read_text()
+        assert proxy_log.count("POST /nodes/add") == 2
+        for replica in (0, 1):
+            log = (run_dir / "servers" / f"{role}-{replica}.log").read_text()
+            assert "POST /v1/chat/completions" in log, f"{role}-{replica} answered nothing"
+    manifest = json.loads((run_dir / "lmeval.json").read_text())
+    assert manifest["servers"]["target"]["url"] == manifest["servers"]["target-proxy"]["url"]
+    assert [manifest["servers"][f"target-{i}"]["gpus"] for i in (0, 1)] == [[0], [1]]

@@ -79,6 +79,7 @@ DRY_RUN = typer.Option(False, "--dry-run", help="Write the configs and print the
 JUDGE_MODEL = typer.Option("opencompass/CompassVerifier-32B", "--judge-model", help="Judge model folder or hub id.")
 JUDGE_GPUS = typer.Option(None, "--judge-gpus", help="GPU ids for the judge (default: free GPUs).")
 JUDGE_TP = typer.Option(2, "--judge-tp", help="Tensor parallel size of the judge.")
+JUDGE_REPLICAS = typer.Option(1, "--judge-replicas", help="Judge servers on disjoint GPU groups, behind a proxy.")
 JUDGE_PORT = typer.Option(None, "--judge-port", help="Port of the judge (default: a free one).")
 JUDGE_ARGS = typer.Option("", "--judge-server-args", help="Extra LMDeploy flags for the judge.")
 JUDGER_SERVER = typer.Option(None, "--judger-server", help="Use this running judge server instead of starting one.")
@@ -107,7 +108,10 @@ def _target_command(stages: tuple[str, ...], doc: str):
         redo: bool = REDO,
         gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU ids for the model, like 0,1."),
         tp: Optional[int] = typer.Option(None, "--tp", help="Tensor parallel size (default: number of GPUs)."),
-        port: Optional[int] = typer.Option(None, "--port", help="Port of the model server."),
+        replicas: int = typer.Option(1, "--replicas", help="Model servers on disjoint GPU groups of --tp, "
+                                     "behind LMDeploy's proxy."),
+        port: Optional[int] = typer.Option(None, "--port", help="Port of the model server (the proxy's with "
+                                           "--replicas)."),
         host: str = HOST,
         server_args: str = typer.Option("", "--server-args", help="Extra LMDeploy flags for the model."),
         api_server: Optional[str] = typer.Option(None, "--api-server", help="Use this running model server."),
@@ -115,6 +119,7 @@ def _target_command(stages: tuple[str, ...], doc: str):
         judge_model: str = JUDGE_MODEL,
         judge_gpus: Optional[str] = JUDGE_GPUS,
         judge_tp: int = JUDGE_TP,
+        judge_replicas: int = JUDGE_REPLICAS,
         judge_port: Optional[int] = JUDGE_PORT,
         judge_server_args: str = JUDGE_ARGS,
         judger_server: Optional[str] = JUDGER_SERVER,
@@ -150,6 +155,7 @@ def judge(
     judge_model: str = JUDGE_MODEL,
     judge_gpus: Optional[str] = JUDGE_GPUS,
     judge_tp: int = JUDGE_TP,
+    judge_replicas: int = JUDGE_REPLICAS,
     judge_port: Optional[int] = JUDGE_PORT,
     judge_server_args: str = JUDGE_ARGS,
     judger_server: Optional[str] = JUDGER_SERVER,

@@ -37,6 +37,15 @@ class ServerSet:
         return self.proxy or self.replicas[0]
 
     @property
+    def specs(self) -> tuple[ServerSpec | ProxySpec, ...]:
+        """Every process of the set, in start order: the proxy first, so replicas can register."""
+        return ((self.proxy,) if self.proxy else ()) + self.replicas
+
+    @property
+    def ports(self) -> frozenset[int]:
+        return frozenset(spec.port for spec in self.specs)
+
+    @property
     def gpus(self) -> tuple[int, ...]:
         return tuple(gpu for replica in self.replicas for gpu in replica.gpus)
 
@@ -76,7 +85,7 @@ def plan_server_set(
     """
     gpu_option, tp_option = f"--{option_prefix}gpus", f"--{option_prefix}tp"
     replicas_option = f"--{option_prefix}replicas"
-    model_path = check_model(model)
+    model_path = check_model(model, f"--{option_prefix}model" if option_prefix else "MODEL")
     extra = parse_server_args(server_args, f"--{option_prefix}server-args")
     requested = gpu_inventory.parse_gpu_list(gpus, gpu_option) if gpus else None
     if tp is not None and tp < 1:
@@ -93,7 +102,10 @@ def plan_server_set(
     if port is not None:
         if port in avoid_ports:
             raise UsageError(f"--{option_prefix}port {port} is already another server's; pick another")
-        check_port_free(host, port)
+        try:
+            check_port_free(host, port)
+        except UsageError as error:  # name the option the user gave
+            raise UsageError(error.message.replace("--port", f"--{option_prefix}port")) from None
     used = set(avoid_ports) | ({port} if port is not None else set())
 
     def fresh_port() -> int:
@@ -134,6 +146,15 @@ class RunningSet:
     @property
     def servers(self) -> list[Server]:
         return ([self.proxy] if self.proxy else []) + self.replicas
+
+
+    def first_exit(self) -> tuple[Server, int] | None:
+        """A server of the set that has exited, with its code."""
+        for server in self.servers:
+            code = server.exit_code()
+            if code is not None:
+                return server, code
+        return None
 
 
 def start_set(group: ServerGroup, server_set: ServerSet) -> RunningSet:

@@ -23,6 +23,7 @@ class EvalOptions(BaseModel):
     # the target server
     gpus: str | None = None
     tp: int | None = None
+    replicas: int = 1
     port: int | None = None
     host: str = "127.0.0.1"
     server_args: str = ""
@@ -32,6 +33,7 @@ class EvalOptions(BaseModel):
     judge_model: str = DEFAULT_JUDGE_MODEL
     judge_gpus: str | None = None
     judge_tp: int = 2
+    judge_replicas: int = 1
     judge_port: int | None = None
     judge_server_args: str = ""
     judger_server: str | None = None

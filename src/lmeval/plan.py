@@ -1,5 +1,5 @@
-"""From the user's options to server specs: every check that can fail runs here, before any
-server starts loading."""
+"""From the user's options to an evaluation plan: every check that can fail runs here, before
+any server starts loading."""
 
 from __future__ import annotations
 
@@ -13,68 +13,13 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from lmeval import __version__, configgen, outputs
-from lmeval import gpus as gpu_inventory
 from lmeval.exceptions import UsageError
-from lmeval.launch import (
-    REDACTED,
-    ServerSpec,
-    check_model,
-    check_port_free,
-    free_port,
-    new_api_key,
-    parse_server_args,
-    server_arg_value,
-    served_name,
-)
+from lmeval.fleet import ServerSet, plan_server_set
+from lmeval.launch import REDACTED, check_model, served_name
 from lmeval.manifest import Manifest
 from lmeval.options import EvalOptions
 from lmeval.runs import check_run_id, claim_new_folder, prepare_work_dir
 from lmeval.tools import LMDEPLOY, OPENCOMPASS, find_executable, installed_version
-
-
-def plan_server(
-    role: str,
-    *,
-    model: str,
-    gpus: str | None,
-    tp: int | None,
-    port: int | None,
-    host: str,
-    server_args: str,
-    option_prefix: str = "",
-    taken_gpus: frozenset[int] = frozenset(),
-) -> tuple[ServerSpec, str | None]:
-    """Check one server's options and resolve GPUs, port and key. Returns the spec and a warning.
-
-    OPTION_PREFIX names the options in messages (`--judge-` for the judge's).
-    """
-    gpu_option, tp_option = f"--{option_prefix}gpus", f"--{option_prefix}tp"
-    model_path = check_model(model, f"--{option_prefix}model" if option_prefix else "MODEL")
-    extra = parse_server_args(server_args, f"--{option_prefix}server-args")
-    requested = gpu_inventory.parse_gpu_list(gpus, gpu_option) if gpus else None
-    if tp is not None and tp < 1:
-        raise UsageError(f"{tp_option} must be at least 1")
-    count = tp or (len(requested) if requested else 1)
-    ids, warning = gpu_inventory.assign(requested, count, gpu_inventory.cached_inventory(), gpu_option,
-                                        (f"{tp_option} {count}", tp_option),
-                                        taken_gpus)
-    if port is not None:
-        try:
-            check_port_free(host, port)
-        except UsageError as error:  # name the option the user gave
-            raise UsageError(error.message.replace("--port", f"--{option_prefix}port")) from None
-    spec = ServerSpec(
-        role=role,
-        model=model_path,
-        served_name=served_name(model_path),
-        gpus=tuple(ids),
-        tp=count,
-        host=host,
-        port=port if port is not None else free_port(host),
-        api_key=new_api_key(),
-        extra_args=extra,
-    )
-    return spec, warning
 
 
 # ---------------------------------------------------------------- evaluation plans
@@ -97,9 +42,9 @@ class EvalPlan:
     model_abbr: str
     generation: configgen.Generation
     target: configgen.ServedModel
-    target_spec: ServerSpec | None
+    target_set: ServerSet | None  # None: a server the user runs, or none needed
     judge: configgen.ServedModel | None
-    judge_spec: ServerSpec | None
+    judge_set: ServerSet | None
     ready_timeout: float
     grace: float
     dry_run: bool
@@ -115,9 +60,9 @@ class EvalPlan:
 
     @property
     def gpus_overlap(self) -> bool:
-        if self.target_spec is None or self.judge_spec is None:
+        if self.target_set is None or self.judge_set is None:
             return False
-        return bool(set(self.target_spec.gpus) & set(self.judge_spec.gpus))
+        return bool(set(self.target_set.gpus) & set(self.judge_set.gpus))
 
     def config_plan(self, target: configgen.ServedModel, judge: configgen.ServedModel | None) -> configgen.ConfigPlan:
         return configgen.ConfigPlan(datasets=self.datasets, model_abbr=self.model_abbr, target=target,
@@ -127,20 +72,12 @@ class EvalPlan:
         return not outputs.missing_predictions(self.run_dir, self.model_abbr, self.abbrs)
 
 
-def served_model(spec: ServerSpec, tokenizer_path: str, in_flight: int) -> configgen.ServedModel:
-    return configgen.ServedModel(base_url=spec.url, api_key=spec.api_key, served_name=spec.served_name,
-                                 tokenizer_path=tokenizer_path, in_flight=in_flight)
-
-
-def server_capacity(spec: ServerSpec) -> int:
-    """Requests the server runs at once: its --max-batch-size, given or LMDeploy's default."""
-    given = server_arg_value(spec.extra_args, "--max-batch-size")
-    if given is not None:
-        try:
-            return max(1, int(given))
-        except ValueError:
-            raise UsageError(f"--max-batch-size in the server args must be a number, got {given!r}") from None
-    return gpu_inventory.default_max_batch_size(list(spec.gpus), gpu_inventory.cached_inventory())
+def served_model(server_set: ServerSet, tokenizer_path: str) -> configgen.ServedModel:
+    """What OpenCompass talks to: the set's front (the proxy with replicas), kept full."""
+    front = server_set.front
+    return configgen.ServedModel(base_url=front.url, api_key=front.api_key,
+                                 served_name=server_set.replicas[0].served_name,
+                                 tokenizer_path=tokenizer_path, in_flight=server_set.capacity())
 
 
 def external_server(url: str, key: SecretStr | None, option: str, tokenizer_path: str) -> configgen.ServedModel:
@@ -299,7 +236,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     tokenizer_path = inputs["model"] if judge_only else model
 
     lmdeploy = None
-    target_spec = judge_spec = None
+    target_set = judge_set = None
     if judge_only:
         recorded = manifest.servers.get("target")
         target = configgen.ServedModel(
@@ -310,11 +247,12 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         target = external_server(options.api_server, options.api_key, "--api-server", tokenizer_path)
     else:
         lmdeploy = find_executable(LMDEPLOY, options.lmdeploy)
-        target_spec, warning = plan_server("target", model=model, gpus=options.gpus, tp=options.tp,
-                                           port=options.port, host=options.host, server_args=options.server_args)
+        target_set, warning = plan_server_set(
+            "target", model=model, gpus=options.gpus, tp=options.tp, replicas=options.replicas, port=options.port,
+            host=options.host, server_args=options.server_args)
         if warning:
             notify(warning)
-        target = served_model(target_spec, tokenizer_path, server_capacity(target_spec))
+        target = served_model(target_set, tokenizer_path)
 
     judge = None
     if "eval" in stages and configgen.needs_judge(datasets):
@@ -324,17 +262,16 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
                                     tokenizer_path=judge_model)
         else:
             lmdeploy = lmdeploy or find_executable(LMDEPLOY, options.lmdeploy)
-            taken = frozenset(target_spec.gpus) if target_spec else frozenset()
-            judge_spec, warning = plan_server(
-                "judge", model=judge_model, gpus=options.judge_gpus, tp=options.judge_tp, port=options.judge_port,
-                host=options.host, server_args=options.judge_server_args, option_prefix="judge-", taken_gpus=taken)
+            taken_gpus = frozenset(target_set.gpus) if target_set else frozenset()
+            taken_ports = target_set.ports if target_set else frozenset()
+            judge_set, warning = plan_server_set(
+                "judge", model=judge_model, gpus=options.judge_gpus, tp=options.judge_tp,
+                replicas=options.judge_replicas, port=options.judge_port, host=options.host,
+                server_args=options.judge_server_args, option_prefix="judge-", taken_gpus=taken_gpus,
+                avoid_ports=taken_ports)
             if warning:
                 notify(warning)
-            if target_spec and judge_spec.port == target_spec.port:
-                if options.judge_port is not None:
-                    raise UsageError(f"--judge-port {judge_spec.port} is the target server's port; pick another")
-                judge_spec = judge_spec.model_copy(update={"port": free_port(options.host)})
-            judge = served_model(judge_spec, check_model(judge_model), server_capacity(judge_spec))
+            judge = served_model(judge_set, check_model(judge_model, "--judge-model"))
 
     # Names OpenCompass would mangle are refused now, not after the models loaded.
     configgen.check_plan(configgen.ConfigPlan(datasets=datasets, model_abbr=model_abbr, target=target,
@@ -388,7 +325,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     return EvalPlan(
         run_id=run_dir.name, run_dir=run_dir, work_dir=work_dir, manifest=manifest, opencompass=opencompass,
         lmdeploy=lmdeploy, datasets=datasets, model_abbr=model_abbr, generation=generation, target=target,
-        target_spec=target_spec, judge=judge, judge_spec=judge_spec, ready_timeout=options.ready_timeout,
+        target_set=target_set, judge=judge, judge_set=judge_set, ready_timeout=options.ready_timeout,
         grace=options.grace, dry_run=options.dry_run, copies=copies, redo_reason=redo_reason,
     )
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from lmeval import configgen, outputs
 from lmeval.app import Application
 from lmeval.exceptions import ServerFailed, StageFailed
-from lmeval.launch import Server, ServerGroup, ServerSpec, redact
+from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
+from lmeval.launch import Server, ServerGroup, command_line, redact
 from lmeval.manifest import RunLock, ServerRecord
 from lmeval.ocrun import OpenCompassRun
 from lmeval.options import EvalOptions
 from lmeval.configgen import ServedModel
 from lmeval.plan import EvalPlan, make_plan
-from lmeval.readiness import wait_ready
 from lmeval.results import print_scores
 from lmeval.runs import move_aside
 
@@ -74,13 +74,23 @@ class Evaluation:
                               cwd=self.run_dir / "lmeval" / "opencompass_cwd",
                               log_path=self.run_dir / "lmeval" / f"opencompass_{stage}.log")
 
-    def record_server(self, role: str, served: ServedModel, spec: ServerSpec | None, server: Server | None) -> None:
-        self.manifest.servers[role] = ServerRecord(
-            role=role, model=spec.model if spec else "", served_name=served.served_name,
-            url=served.base_url, gpus=list(spec.gpus) if spec else [], tp=spec.tp if spec else 0,
-            command=server.command if server else "", external=spec is None,
-            started=time.time() if server else None,
-        )
+    def record_external(self, role: str, served: ServedModel) -> None:
+        """A server the user runs (--api-server / --judger-server)."""
+        self.manifest.servers[role] = ServerRecord(role=role, model="", served_name=served.served_name,
+                                                   url=served.base_url, external=True)
+        self.save()
+
+    def record_started(self, role: str, served: ServedModel, running: RunningSet) -> None:
+        """One record per process (`target-0`, `target-proxy`, ...), and the role's front under ROLE."""
+        now = time.time()
+        for server in running.servers:
+            spec = server.spec
+            self.manifest.servers[spec.role] = ServerRecord(
+                role=spec.role, model=getattr(spec, "model", ""), served_name=served.served_name, url=spec.url,
+                gpus=list(spec.gpus), tp=getattr(spec, "tp", 0), command=server.command, started=now)
+        front = running.proxy or running.replicas[0]
+        self.manifest.servers[role] = self.manifest.servers[front.spec.role].model_copy(
+            update={"role": role, "url": served.base_url})
         self.save()
 
     # ------------------------------------------------------------ stages
@@ -245,55 +255,54 @@ class Evaluation:
         plan = self.plan
         infer = "infer" in stages and not plan.predictions_complete()
         judge_wanted = "eval" in stages and plan.judge is not None
-        target_server = judge_server = None
+        target = judge = None
         if "infer" in stages and not infer:
             self.app.info("infer: every dataset already has predictions; skipping inference")
             self.manifest.stage("infer").status = "ok"
         if infer:
-            target_server = self.start_server(group, "target", plan.target_spec, plan.target)
+            target = self.start_set(group, "target", plan.target_set, plan.target)
             # The judge loads during inference when it has GPUs of its own.
-            if judge_wanted and plan.judge_spec and not plan.gpus_overlap:
-                judge_server = self.start_server(group, "judge", plan.judge_spec, plan.judge)
-            if target_server:
-                self.wait([target_server])
-            self.run_stage("infer", self.render("infer", plan.target, None), [s for s in [target_server] if s])
+            if judge_wanted and plan.judge_set and not plan.gpus_overlap:
+                judge = self.start_set(group, "judge", plan.judge_set, plan.judge)
+            if target:
+                self.wait(target)
+            self.run_stage("infer", self.render("infer", plan.target, None), target.servers if target else [])
             self.check_predictions()
             self.finish_stage("infer")
-            if target_server:
-                group.stop(target_server)
-            if judge_server and judge_server.exit_code() is not None:
-                raise judge_server.failure(
-                    f"exited with code {judge_server.exit_code()} while loading; predictions are complete: "
+            if target:
+                stop_set(group, target)
+            if judge and (exited := judge.first_exit()):
+                server, code = exited
+                raise server.failure(
+                    f"{exit_text(code)} while loading; predictions are complete: "
                     f"continue with `lmeval judge --reuse {plan.run_id} -w {plan.work_dir}`")
         if "eval" not in stages:
             self.app.out.print(f"{plan.run_id}", markup=False)
             self.app.info(f"inference done; judge it with: lmeval judge --reuse {plan.run_id} -w {plan.work_dir}")
             return
-        if judge_wanted and plan.judge_spec and judge_server is None:
-            judge_server = self.start_server(group, "judge", plan.judge_spec, plan.judge)
-        elif judge_wanted and plan.judge_spec is None:
-            self.record_server("judge", plan.judge, None, None)
-        if judge_server:
-            self.wait([judge_server])
-        self.run_stage("eval", self.render("eval", plan.target, plan.judge), [s for s in [judge_server] if s])
+        if judge_wanted and judge is None:
+            judge = self.start_set(group, "judge", plan.judge_set, plan.judge)
+        if judge:
+            self.wait(judge)
+        self.run_stage("eval", self.render("eval", plan.target, plan.judge), judge.servers if judge else [])
         scores = self.check_results()
         self.manifest.scores = [score.__dict__ for score in scores]
         self.finish_stage("eval")
-        if judge_server:
-            group.stop(judge_server)
+        if judge:
+            stop_set(group, judge)
         print_scores(self.app, self.plan.model_abbr, scores)
 
-    def start_server(self, group: ServerGroup, role: str, spec: ServerSpec | None,
-                     served: ServedModel) -> Server | None:
-        if spec is None:  # a server the user runs (--api-server / --judger-server)
-            self.record_server(role, served, None, None)
+    def start_set(self, group: ServerGroup, role: str, server_set: ServerSet | None,
+                  served: ServedModel) -> RunningSet | None:
+        if server_set is None:
+            self.record_external(role, served)
             return None
-        server = group.start(spec)
-        self.record_server(role, served, spec, server)
-        return server
+        running = start_set(group, server_set)
+        self.record_started(role, served, running)
+        return running
 
-    def wait(self, servers: list[Server]) -> None:
-        names = ", ".join(server.spec.role for server in servers)
+    def wait(self, running: RunningSet) -> None:
+        names = ", ".join(server.spec.role for server in running.replicas)
         self.app.info(f"waiting for {names} server(s) to load")
         began = time.time()
 
@@ -304,7 +313,7 @@ class Evaluation:
             record.waited_seconds = round(now - began, 3)
             self.app.info(f"{server.spec.role} server ready at {server.spec.url}")
 
-        wait_ready(servers, self.plan.ready_timeout, on_ready=ready)
+        wait_set(running, self.plan.ready_timeout, on_ready=ready)
         self.save()
 
     def finish_stage(self, stage: str) -> None:
@@ -324,14 +333,12 @@ class Evaluation:
                                markup=False)
             return 0
         self.copy_inputs()
-        for spec in (plan.target_spec, plan.judge_spec):
-            if spec is not None:
-                from lmeval.launch import server_argv
-
-                argv = redact(server_argv(plan.lmdeploy, spec), [spec.api_key.get_secret_value()])
-                self.app.out.print(f"{spec.role} server (GPUs {','.join(map(str, spec.gpus))}): "
-                                   f"CUDA_VISIBLE_DEVICES={','.join(map(str, spec.gpus))} {shlex.join(argv)}",
-                                   markup=False)
+        for server_set in (plan.target_set, plan.judge_set):
+            for spec in server_set.specs if server_set else ():
+                argv = redact(command_line(plan.lmdeploy, spec), [spec.api_key.get_secret_value()])
+                gpus = ",".join(map(str, spec.gpus))
+                self.app.out.print(f"{spec.role} server (GPUs {gpus or 'none'}): "
+                                   f"CUDA_VISIBLE_DEVICES={gpus} {shlex.join(argv)}", markup=False)
         for stage in stages:
             if stage == "eval" and plan.judge is None and not plan.datasets:
                 continue

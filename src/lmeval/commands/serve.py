@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lmeval.app import Application
 from lmeval.launch import ServerGroup
-from lmeval.plan import plan_server
+from lmeval.fleet import plan_server_set
 from lmeval.readiness import wait_ready
 from lmeval.runs import claim_new_folder, prepare_work_dir
 from lmeval.signals import Terminated, shielded
@@ -17,8 +17,9 @@ from lmeval.tools import LMDEPLOY, find_executable
 def serve(app: Application, *, model: str, gpus: str | None, tp: int | None, port: int | None, host: str,
           server_args: str, lmdeploy: str | None, work_dir: Path, ready_timeout: float, grace: float) -> int:
     executable = find_executable(LMDEPLOY, lmdeploy)
-    spec, warning = plan_server("model", model=model, gpus=gpus, tp=tp, port=port, host=host,
-                                server_args=server_args)
+    server_set, warning = plan_server_set("model", model=model, gpus=gpus, tp=tp, port=port, host=host,
+                                          server_args=server_args)
+    spec = server_set.front
     if warning:
         app.warn(warning)
     work_dir = prepare_work_dir(work_dir)
