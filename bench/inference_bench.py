@@ -21,8 +21,7 @@ bench/recording_standin.py) and the real OpenCompass, and prints one side-by-sid
               (the model server stops before the judge starts): the wall time saved.
   replicas    hook only (Bench.section_replicas): throughput with 1, 2, 4 replicas, added later.
   inflight    (not in the default run) lmeval's generated infer config, run by OpenCompass
-              directly with the model's max_workers set to --inflight values; with --gc-freeze the
-              model class is bench/oc_gcfreeze.py's (gc.freeze() in the task process). Shows what
+              directly with the model's max_workers set to --inflight values. Shows what
               requests queued beyond the slots, and a garbage collector that does not stop every
               request thread for 0.3 s, do to the utilisation.
 
@@ -41,7 +40,7 @@ Run it (about 4 minutes with the defaults on 2 CPU cores):
   .venvs/lmeval/bin/python bench/inference_bench.py
   .venvs/lmeval/bin/python bench/inference_bench.py --prompts 256 --scale 0.5   # smaller
   .venvs/lmeval/bin/python bench/inference_bench.py --sections inference        # one section
-  .venvs/lmeval/bin/python bench/inference_bench.py --sections inflight --gc-freeze --inflight 128,160
+  .venvs/lmeval/bin/python bench/inference_bench.py --sections inflight --inflight 128,160
 Only the Python standard library is used; lmeval, OpenCompass and the stand-in run as the
 executables they are (from .venvs/ unless --lmeval/--opencompass say otherwise).
 """
@@ -69,6 +68,7 @@ from pathlib import Path
 from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
+OPENCOMPASS_PLUGIN = ROOT / "src" / "lmeval" / "opencompass_plugin"  # what lmeval's configs import
 RECORDER = ROOT / "bench" / "recording_standin.py"
 MODEL = ROOT / "examples" / "sample" / "models" / "demo-chat"
 JUDGE_MODEL = ROOT / "examples" / "sample" / "models" / "demo-judge"
@@ -422,9 +422,10 @@ class Bench:
 
     # ---------------------------------------------------------------- inference: template
 
-    def run_config(self, label: str, lmeval_config: Path, overrides: str, env: dict[str, str] | None = None) -> dict:
+    def run_config(self, label: str, lmeval_config: Path, overrides: str) -> dict:
         """OpenCompass on lmeval's infer config with OVERRIDES appended (%(base)s and %(key)s filled
-        in), against a recording stand-in the bench starts itself."""
+        in), against a recording stand-in the bench starts itself; run as lmeval runs it, with
+        lmeval's OpenCompass plugin folder on PYTHONPATH."""
         a = self.args
         records = self.work / "records" / label
         server_env = self.env(records, latency_seconds=a.scale, latency_dist=LATENCY_DIST)
@@ -442,7 +443,9 @@ class Bench:
             argv = [str(self.opencompass), str(config), "-m", "infer", "-w", str(self.work / label / "out"),
                     "-r", label]
             self.say(f"{label}: (cd {cwd} && {shlex.join(argv)})")
-            done = run_timed(argv, dict(self.base_env, **(env or {})), cwd,
+            env = dict(self.base_env, PYTHONPATH=os.pathsep.join(
+                filter(None, [str(OPENCOMPASS_PLUGIN), self.base_env.get("PYTHONPATH")])))
+            done = run_timed(argv, env, cwd,
                              self.work / "logs" / f"{label}_opencompass.log", a.verbose)
             self.check(done, f"OpenCompass ({label})")
         finally:
@@ -512,21 +515,13 @@ class Bench:
         a = self.args
         config = self.lmeval_config()
         rows = []
-        env = None
-        plugin = ""
-        if a.gc_freeze:  # bench/oc_gcfreeze.py: OpenAISDK + gc.freeze() once built
-            env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "bench"), os.environ.get("PYTHONPATH")]))}
-            plugin = ("from oc_gcfreeze import OpenAISDKFrozenGC\n"
-                      "for __model in models:\n"
-                      "    __model['type'] = OpenAISDKFrozenGC\n")
         for count in a.inflight:
             overrides = ("\n# ---- appended by bench/inference_bench.py: requests in flight\n"
                          "for __model in models:\n"
                          "    __model.update(openai_api_base=%(base)r, key=%(key)r, "
-                         f"max_workers={count}, batch_size={count}, query_per_second={max(1000, count)})\n"
-                         + plugin)
-            label = f"inflight_{count}" + ("_gcfreeze" if a.gc_freeze else "")
-            result = self.run_config(label, config, overrides, env)
+                         f"max_workers={count}, batch_size={count}, query_per_second={max(1000, count)})\n")
+            label = f"inflight_{count}"
+            result = self.run_config(label, config, overrides)
             load = result["load"]
             self.results[label] = {"load": load.__dict__, "opencompass": result["opencompass"]}
             self.say(f"max_workers={count}: {fmt_load(load)}")
@@ -534,10 +529,8 @@ class Bench:
                          f"{load.ratio:.3f}x", str(load.peak_concurrent),
                          f"{load.displacement_mean:.1f} / {load.displacement_max}", secs(result["opencompass"])])
         notes = ["Same dataset and stand-in as the inference section; lmeval's generated infer config with only "
-                 "max_workers/batch_size changed" + (" and the model type set to bench/oc_gcfreeze.py's "
-                 "OpenAISDKFrozenGC (gc.freeze() once the model is built)" if a.gc_freeze else "")
-                 + ", run by OpenCompass directly."]
-        title = "Requests in flight (lmeval's config, max_workers varied" + (", GC frozen)" if a.gc_freeze else ")")
+                 "max_workers/batch_size changed, run by OpenCompass directly."]
+        title = "Requests in flight (lmeval's config, max_workers varied)"
         return [Section(title,
                         ["max_workers", "busy while prompts remain", "inference time", "/ perfect",
                          "most in slots", "out of order (mean / max)", "OpenCompass wall"], rows, notes)]
@@ -698,8 +691,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inflight", default="",
                    help="section inflight: comma-separated max_workers values (default: 1, 1.125, 1.25, 1.5 "
                         "and 2 times --slots)")
-    p.add_argument("--gc-freeze", action="store_true",
-                   help="section inflight: use bench/oc_gcfreeze.py's model class (gc.freeze() in the task)")
     p.add_argument("-w", "--work-dir", help="keep everything here (default: a new temporary folder)")
     p.add_argument("--json", help="also write the measurements to this file")
     p.add_argument("--lmeval", default=str(ROOT / ".venvs" / "lmeval" / "bin" / "lmeval"))

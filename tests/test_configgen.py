@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from lmeval import configgen as cg
+from lmeval.ocrun import opencompass_env
 from lmeval.datasets import UserDataset, load_user_dataset
 from lmeval.exceptions import UsageError
 
@@ -392,7 +393,9 @@ def round_trip_plan(case: dict) -> cg.ConfigPlan:
 def run_loader(out: Path, configs: list[Path], *options: str) -> dict:
     python = opencompass_python()
     command = [str(python), str(LOADER), "--out", str(out), *options, *map(str, configs)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=out.parent)
+    # As lmeval runs OpenCompass: with its plugin folder on PYTHONPATH.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=out.parent,
+                          env=opencompass_env(dict(os.environ)))
     if done.returncode != 0 or not out.exists():
         raise AssertionError(f"loader failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     report = json.loads(out.read_text())
@@ -477,7 +480,7 @@ def test_chat_infer_config(loaded):
         seen = report[stage]
         assert [d["abbr"] for d in seen["datasets"]] == abbrs, stage
         assert subset(seen["models"][0], model_expectations(the_plan)) == model_expectations(the_plan), stage
-        assert seen["models"][0]["type"].endswith(".OpenAISDK")
+        assert seen["models"][0]["type"] == "lmeval_opencompass.OpenAISDKFrozenGC"
         assert seen["models"][0]["pred_postprocessor"]["type"].endswith("extract_non_reasoning_content")
         assert not any(d["judge"] or d["llm_judge"] for d in seen["datasets"]), "no judge at inference"
     assert report["task_class"].endswith(".OpenICLInferConcurrentTask")
@@ -513,7 +516,7 @@ def test_chat_eval_config_wires_the_judge_into_judged_datasets_only(loaded):
                 assert wired is None, (stage, d["abbr"])
                 continue
             assert subset(wired, judge) == judge, (stage, d["abbr"])
-            assert wired["type"].endswith(".OpenAISDK")
+            assert wired["type"] == "lmeval_opencompass.OpenAISDKFrozenGC"
             if family == "GPQA":
                 assert d["judge"] is None and d["rule_evaluator"].endswith("AccEvaluator")
         assert subset(report[stage]["models"][0], model_expectations(the_plan)) == model_expectations(the_plan)

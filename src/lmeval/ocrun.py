@@ -13,6 +13,15 @@ import psutil
 from lmeval.launch import OWNER_ENV, RUN_ENV, TAG_ENV, live_process, owner_token, prepare_child, terminate
 
 STOP_GRACE_SECONDS = 5.0
+# Modules lmeval's configs name, for OpenCompass's own processes (lmeval never imports them).
+PLUGIN_DIR = Path(__file__).resolve().parent / "opencompass_plugin"
+
+
+def opencompass_env(base: dict[str, str]) -> dict[str, str]:
+    """BASE with the plugin folder first on PYTHONPATH, where OpenCompass's task processes
+    (which inherit it) import the model class the configs name."""
+    paths = [str(PLUGIN_DIR), *filter(None, base.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**base, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def opencompass_argv(executable: Path, config: Path, mode: str, work_dir: Path, run_id: str) -> list[str]:
@@ -35,7 +44,7 @@ class OpenCompassRun:
         # OpenCompass writes tmp/, icl_inference_output/ and a dataset size cache into its
         # current directory: give each run its own.
         self.cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = dict(os.environ, **{TAG_ENV: self.tag, OWNER_ENV: owner_token(), RUN_ENV: self.run_id})
+        env = opencompass_env({**os.environ, TAG_ENV: self.tag, OWNER_ENV: owner_token(), RUN_ENV: self.run_id})
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,

@@ -21,7 +21,7 @@ from lmeval.exceptions import ServerFailed, StageFailed
 from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
 from lmeval.launch import Server, ServerGroup, command_line, redact
 from lmeval.manifest import RunLock, ServerRecord
-from lmeval.ocrun import OpenCompassRun
+from lmeval.ocrun import PLUGIN_DIR, OpenCompassRun
 from lmeval.options import EvalOptions
 from lmeval.configgen import ServedModel
 from lmeval.plan import EvalPlan, make_plan
@@ -345,7 +345,8 @@ class Evaluation:
             config = self.render(stage, plan.target, plan.judge if stage == "eval" else None)
             oc = self.opencompass(stage, config)
             self.app.out.print(f"{stage} config: {config}", markup=False)
-            self.app.out.print(f"{stage}: (cd {oc.cwd} && {shlex.join(oc.argv)})", markup=False)
+            self.app.out.print(f"{stage}: (cd {oc.cwd} && PYTHONPATH={PLUGIN_DIR}${{PYTHONPATH:+:$PYTHONPATH}} "
+                               f"{shlex.join(oc.argv)})", markup=False)
         self.manifest.stage("dry-run").status = "ok"
         self.save()
         return 0
