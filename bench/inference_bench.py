@@ -604,14 +604,36 @@ class Bench:
     # ---------------------------------------------------------------- replicas (hook)
 
     def section_replicas(self) -> list[Section]:
-        """HOOK for the replicas section (not measured yet): throughput of `lmeval infer` with 1, 2
-        and 4 replicas behind LMDeploy's proxy. Add it here: build the dataset with
-        self.mc_dataset(...), run self.lmeval_cmd("infer", work, ...) through run_timed() with
-        self.env(records, latency_seconds=..., latency_dist=LATENCY_DIST) once per replica count,
-        read the recorder's files with read_records(records) (one entry per server process; the
-        prompts of all replicas of one model are merged), compute prompts/s from the first slot
-        start to the last answer end, and return [Section("Replicas", [...], rows, notes)]."""
-        return []
+        """Throughput of `lmeval infer` with 1, 2 and 4 replicas (tp 1, one GPU id each) behind
+        the real `lmdeploy serve proxy`: --replica-prompts prompts, --replica-slots slots per
+        replica, every answer --replica-seconds long (constant, so the ideal is exact)."""
+        a = self.args
+        dataset = self.mc_dataset(a.replica_prompts, "bench_replicas")
+        rows, base = [], None
+        for count in (1, 2, 4):
+            work, records = self.work / f"replicas_{count}", self.work / "records" / f"replicas_{count}"
+            argv = self.lmeval_cmd("infer", work, "--dataset", str(dataset), "--tp", "1", "--replicas", str(count),
+                                   "--gpus", ",".join(str(i) for i in range(count)),
+                                   "--server-args", f"--max-batch-size {a.replica_slots}")
+            env = self.env(records, latency_seconds=a.replica_seconds, latency_dist="const")
+            env["STANDIN_REAL_LMDEPLOY"] = str(ROOT / ".venvs" / "lmdeploy" / "bin" / "lmdeploy")
+            self.say(f"replicas {count}: {shlex.join(argv)}")
+            self.check(run_timed(argv, env, ROOT, self.work / "logs" / f"replicas_{count}.log", a.verbose),
+                       f"lmeval infer --replicas {count}")
+            prompts = read_records(records)[MODEL.name]["prompts"]
+            span = max(p["end"] for p in prompts) - min(p["start"] for p in prompts)
+            ideal = a.replica_prompts / (a.replica_slots * count) * a.replica_seconds
+            throughput = len(prompts) / span
+            base = base or throughput
+            rows.append([str(count), str(len(prompts)), secs(span), secs(ideal), f"{throughput:.1f}/s",
+                         f"{throughput / base:.2f}x"])
+            self.results[f"replicas_{count}"] = {"prompts": len(prompts), "span": span, "throughput": throughput}
+        notes = [f"{a.replica_prompts} multiple-choice prompts through `lmeval infer --replicas N`, each replica a "
+                 f"stand-in with {a.replica_slots} slots answering in {a.replica_seconds:g} s, behind the real "
+                 "`lmdeploy serve proxy` (min_expected_latency routing). Time: first prompt in a slot -> last answer; "
+                 "ideal: prompts / (slots x N) x answer time. Target: 2 replicas >= 1.8x one."]
+        return [Section("Replicas behind LMDeploy's proxy",
+                        ["replicas", "prompts", "inference time", "ideal", "throughput", "vs 1 replica"], rows, notes)]
 
     SECTIONS: ClassVar[dict[str, Callable[[Bench], list[Section]]]] = {}
 
@@ -681,6 +703,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=1024, help="prompts in the inference dataset (default 1024)")
     p.add_argument("--slots", type=int, default=128, help="the stand-in's --max-batch-size (default 128)")
+    p.add_argument("--replica-prompts", type=int, default=512, help="section replicas: prompts (default 512)")
+    p.add_argument("--replica-slots", type=int, default=32, help="section replicas: slots per replica (default 32)")
+    p.add_argument("--replica-seconds", type=float, default=1.0,
+                   help="section replicas: seconds every answer takes (default 1)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="STANDIN_LATENCY_SECONDS: mean answer time in seconds (default 1.0)")
     p.add_argument("--small-rows", type=int, default=16, help="rows per dataset of the `lmeval run`s (default 16)")
