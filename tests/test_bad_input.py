@@ -97,7 +97,7 @@ def ctx(tmp_path_factory):
 
 # (id, arguments from the context, the error after "lmeval: error: ")
 CASES = [
-    ("unknown task", lambda c: c.run_args("--task", "nope"), lambda c: "unknown suite 'nope'; suites: chat"),
+    ("unknown task", lambda c: c.run_args("--task", "nope"), lambda c: "unknown task 'nope'; --task takes one of: chat (see lmeval tasks)"),
     ("unknown dataset", lambda c: c.run_args("--task", "chat", "--datasets", "gpqa,nope"),
      lambda c: "unknown dataset 'nope' in --datasets; the chat suite has: aime2025, gpqa, ifeval, code, mmlu_pro, hle"),
     ("model path missing", lambda c: c.run_args(model=str(c.folder / "no-such-model")),

@@ -96,7 +96,7 @@ def test_select_suite_keeps_suite_order_and_refuses_unknown_names():
     assert usage_error(cg.select_suite, "chat", "gpqa,mmlu") == (
         "unknown dataset 'mmlu' in --datasets; the chat suite has: aime2025, gpqa, ifeval, code, mmlu_pro, hle")
     assert usage_error(cg.select_suite, "chat", "gpqa,,ifeval").startswith("--datasets needs comma-separated names")
-    assert usage_error(cg.select_suite, "base") == "unknown suite 'base'; suites: chat"
+    assert usage_error(cg.select_suite, "base") == "unknown task 'base'; --task takes one of: chat (see lmeval tasks)"
 
 
 def test_needs_judge_only_for_judged_datasets(tmp_path):

@@ -185,7 +185,7 @@ DatasetRef = Union[SuiteDataset, UserDataset]
 def select_suite(suite: str, names: str | Sequence[str] | None = None) -> tuple[SuiteDataset, ...]:
     """The suite's datasets, or those NAMES (`"gpqa,ifeval"` or a list) pick, in suite order."""
     if suite not in SUITES:
-        raise UsageError(f"unknown suite {suite!r}; suites: {', '.join(SUITES)}")
+        raise UsageError(f"unknown task {suite!r}; --task takes one of: {', '.join(SUITES)} (see lmeval tasks)")
     items = SUITES[suite]
     if names is None:
         return items
