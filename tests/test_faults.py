@@ -121,12 +121,14 @@ def test_judge_crash_mid_evaluation_then_reuse_sends_the_unjudged_rest(chain):
     assert "Traceback" not in step.stderr
     assert step.exit_after_death is not None and step.exit_after_death < 5, step.exit_after_death
     assert chain.leftovers_after["judge crash"] == []
-    # The judge answers in batches of 8 and OpenCompass saves each finished batch: the first
-    # batch was saved, the second died with it.
-    assert chain.judged_before_resume == JUDGE_BATCH
+    # The judge answers in batches of 8 and OpenCompass saves each finished batch: the first batch
+    # is saved unless lmeval stopped OpenCompass (within 0.2 s of the death) before it wrote it;
+    # the second died with the judge. Either way the resume sends exactly what was not saved.
+    assert chain.judged_before_resume in (0, JUDGE_BATCH)
     resume = chain.judge_resume
     assert resume.code == 0, resume.lmeval.transcript()
-    assert resume.watch.stats["judge_requests"] == resume.watch.stats["requests"] == len(QA_ROWS) - JUDGE_BATCH
+    assert resume.watch.stats["judge_requests"] == resume.watch.stats["requests"] \
+        == len(QA_ROWS) - chain.judged_before_resume
     assert chain.leftovers_after["judge resume"] == []
 
 
