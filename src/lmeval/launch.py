@@ -17,6 +17,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,7 @@ OWNER_ENV = "LMEVAL_OWNER"  # "pid:create_time" of the lmeval process that owns 
 RUN_ENV = "LMEVAL_RUN_ID"
 REDACTED = "***"
 LOG_TAIL_LINES = 20
+KILL_POLL_SECONDS = 0.01
 
 # Flags lmeval sets itself; in --server-args they would silently fight lmeval's own.
 OWNED_FLAGS = {
@@ -143,14 +145,18 @@ def command_line(lmdeploy: Path | str, spec: ListenerSpec) -> list[str]:
     return proxy_argv(lmdeploy, spec) if isinstance(spec, ProxySpec) else server_argv(lmdeploy, spec)
 
 
-def server_env(spec: ListenerSpec, base: dict[str, str], tag: str, owner: str, run_id: str = "") -> dict[str, str]:
-    """The child's environment: GPUs through CUDA_VISIBLE_DEVICES, and the tags that find it later."""
-    env = dict(base)
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in spec.gpus)
-    env[TAG_ENV] = tag
-    env[OWNER_ENV] = owner
+def tagged_env(base: dict[str, str], tag: str, owner: str, run_id: str = "") -> dict[str, str]:
+    """BASE plus the tags every descendant inherits, by which a stop or `lmeval cleanup` finds it."""
+    env = {**base, TAG_ENV: tag, OWNER_ENV: owner}
     if run_id:
         env[RUN_ENV] = run_id
+    return env
+
+
+def server_env(spec: ListenerSpec, base: dict[str, str], tag: str, owner: str, run_id: str = "") -> dict[str, str]:
+    """The child's environment: GPUs through CUDA_VISIBLE_DEVICES, and the tags that find it later."""
+    env = tagged_env(base, tag, owner, run_id)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in spec.gpus)
     return env
 
 
@@ -236,7 +242,10 @@ def tagged_processes(match) -> list[psutil.Process]:
 
 
 def end_processes(processes: Iterable[psutil.Process], timeout: float = 5.0) -> list[psutil.Process]:
-    """SIGKILL PROCESSES and wait until they are gone; return those that were alive."""
+    """SIGKILL PROCESSES and wait until each has ended; return those that were alive.
+
+    Ended means gone or a zombie: an orphan's zombie waits for init to reap it, which can take
+    a second or more, yet it holds no memory, GPU or port any more."""
     alive = []
     for process in processes:
         try:
@@ -246,7 +255,9 @@ def end_processes(processes: Iterable[psutil.Process], timeout: float = 5.0) -> 
             alive.append(process)
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while running(alive) and time.monotonic() < deadline:
+        time.sleep(KILL_POLL_SECONDS)
     return alive
 
 
