@@ -30,3 +30,24 @@ def venvs() -> Path:
     """The project's venvs folder, checked to hold OpenCompass (the e2e tests run it)."""
     venv_python("opencompass")
     return VENVS
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory):
+    """The crash/resume chain of the fault tests (tests/fault_support.py): four OpenCompass
+    stages with two server crashes, built once and read by test_faults and test_security."""
+    from fault_support import OPENCOMPASS, crash_chain
+
+    if not OPENCOMPASS.exists():
+        pytest.fail(f"{OPENCOMPASS} is missing: run scripts/setup first")
+    return crash_chain(tmp_path_factory.mktemp("chain"))
+
+
+@pytest.fixture
+def reaper(tmp_path):
+    """Starts lmeval processes for a test and kills whatever they left once it is over."""
+    from fault_support import Reaper
+
+    reaper = Reaper(tmp_path / "logs")
+    yield reaper
+    reaper.reap()

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from helpers_processes import running
 
 from lmeval.configgen import JUDGE_BATCH_FACTOR
 
@@ -131,13 +132,6 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
         time.sleep(interval)
 
 
-def alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def leftovers(work_dirs: list[Path], owners: list[int] = ()) -> list[psutil.Process]:
     """Live processes lmeval tagged for a run in WORK_DIRS, or whose owner is one of OWNERS."""
     runs = {run.name for work in work_dirs if work.is_dir() for run in work.iterdir()}
@@ -151,7 +145,7 @@ def leftovers(work_dirs: list[Path], owners: list[int] = ()) -> list[psutil.Proc
         if "LMEVAL_TAG" not in env and "LMEVAL_RUN_ID" not in env:
             continue
         if env.get("LMEVAL_RUN_ID") in runs or env.get("LMEVAL_OWNER", "").split(":")[0] in owner_pids:
-            if alive(process):
+            if running(process):
                 found.append(process)
     return found
 
@@ -324,7 +318,7 @@ class ServerWatch:
             time.sleep(self.interval)
 
     def _observe(self, process: psutil.Process) -> None:
-        if not alive(process):
+        if not running(process):
             if self.seen.died_at is None:
                 self.seen.died_at = time.monotonic()
             return

@@ -58,7 +58,7 @@ def running(process: psutil.Process) -> bool:
     """Alive and not a zombie (a zombie has ended; only its exit status is left)."""
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+    except psutil.Error:
         return False
 
 

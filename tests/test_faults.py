@@ -26,20 +26,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from fault_support import (
     JUDGE_BATCH,
     MODELS,
-    OPENCOMPASS,
     QA_ROWS,
     TOOLS,
-    Reaper,
     ServerWatch,
-    alive,
     base_env,
     chain_args,
     copy_run,
-    crash_chain,
     describe,
     make_chain_scenario,
     only_run,
@@ -50,25 +45,12 @@ from fault_support import (
     wait_until,
     worker_pids,
 )
+from helpers_processes import running
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 STOP_SECONDS = 15  # from the signal to lmeval's exit: grace 3 s per server, OpenCompass 5 s
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    if not OPENCOMPASS.exists():
-        pytest.fail(f"{OPENCOMPASS} is missing: run scripts/setup first")
-    return crash_chain(tmp_path_factory.mktemp("chain"))
-
-
-@pytest.fixture
-def reaper(tmp_path):
-    reaper = Reaper(tmp_path / "logs")
-    yield reaper
-    reaper.reap()
 
 
 def error_line(stderr: str) -> str:
@@ -254,7 +236,7 @@ def test_signal_in_every_phase_stops_everything(phase, sig, chain, reaper, tmp_p
                                           "every server lmeval started has been stopped")
     assert "Traceback" not in lm.stderr
     assert took < STOP_SECONDS, took
-    assert [p.pid for p in processes if alive(p)] == []
+    assert [p.pid for p in processes if running(p)] == []
     assert describe(reaper.leftovers()) == ""
     for role in roles:
         assert read_json(run_dir / "servers" / f"{role}.json")["stopped"] is True
@@ -281,7 +263,7 @@ def test_sigkill_leaves_what_lmeval_cleanup_ends(reaper, tmp_path, venvs):
     # Once the dying main processes are gone, every server process still alive is a leftover.
     def settled() -> list | None:
         left = reaper.leftovers()
-        return left if left and {p.pid for p in servers if alive(p)} <= {p.pid for p in left} else None
+        return left if left and {p.pid for p in servers if running(p)} <= {p.pid for p in left} else None
 
     left = wait_until(settled, 10, what="the leftovers to settle")
     assert len(left) >= 4, describe(left)
@@ -290,7 +272,7 @@ def test_sigkill_leaves_what_lmeval_cleanup_ends(reaper, tmp_path, venvs):
     assert cleanup.poll() == 0, cleanup.transcript()
     assert cleanup.stderr.splitlines()[-1].startswith("lmeval: cleanup done: ")
     assert describe(reaper.leftovers()) == ""
-    assert [p.pid for p in servers if alive(p)] == []
+    assert [p.pid for p in servers if running(p)] == []
 
 
 # ------------------------------------------------------------------ one run, one lmeval

@@ -19,12 +19,9 @@ import pytest
 
 from fault_support import (
     MODELS,
-    OPENCOMPASS,
     STANDIN,
     TOOLS,
-    Reaper,
     base_env,
-    crash_chain,
     describe,
     make_chain_scenario,
     only_run,
@@ -38,20 +35,6 @@ KEY_PATTERN = re.compile(r"sk-lmeval-[A-Za-z0-9_-]{32}")
 # Configs hold the keys (OpenCompass needs them): lmeval's own, OpenCompass's dumps of them,
 # and the task configs OpenCompass writes into its working folder.
 CONFIG_FILES = re.compile(r"(.*/)?(lmeval/(infer|eval)_config\.py|configs/[^/]+\.py|lmeval/opencompass_cwd/tmp/.*)")
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    if not OPENCOMPASS.exists():
-        pytest.fail(f"{OPENCOMPASS} is missing: run scripts/setup first")
-    return crash_chain(tmp_path_factory.mktemp("chain"))
-
-
-@pytest.fixture
-def reaper(tmp_path):
-    reaper = Reaper(tmp_path / "logs")
-    yield reaper
-    reaper.reap()
 
 
 def _steps(chain):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from lmeval.launch import OWNER_ENV, RUN_ENV, TAG_ENV, live_process, owner_token, prepare_child, terminate
+from lmeval.launch import live_process, owner_token, prepare_child, tagged_env, terminate
 
 STOP_GRACE_SECONDS = 5.0
 # Modules lmeval's configs name, for OpenCompass's own processes (lmeval never imports them).
@@ -44,7 +44,7 @@ class OpenCompassRun:
         # OpenCompass writes tmp/, icl_inference_output/ and a dataset size cache into its
         # current directory: give each run its own.
         self.cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = opencompass_env({**os.environ, TAG_ENV: self.tag, OWNER_ENV: owner_token(), RUN_ENV: self.run_id})
+        env = opencompass_env(tagged_env(dict(os.environ), self.tag, owner_token(), self.run_id))
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,

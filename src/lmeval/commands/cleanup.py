@@ -6,8 +6,16 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import psutil
+
 from lmeval.app import Application
-from lmeval.launch import live_process, owner_alive, tagged_processes, terminate
+from lmeval.launch import (
+    TAG_ENV,
+    live_process,
+    owner_alive,
+    tagged_processes,
+    terminate,
+)
 
 
 def cleanup(app: Application, *, work_dir: Path, grace: float) -> int:
@@ -35,8 +43,8 @@ def cleanup(app: Application, *, work_dir: Path, grace: float) -> int:
     orphans: dict[str, int] = defaultdict(int)
     for process in tagged_processes(lambda tag, owner: not owner_alive(owner)):
         try:
-            orphans[process.environ()["LMEVAL_TAG"]] += 1
-        except Exception:  # noqa: BLE001 - it may have exited meanwhile
+            orphans[process.environ()[TAG_ENV]] += 1
+        except (psutil.Error, KeyError):  # it exited meanwhile
             continue
     for tag in sorted(orphans):
         count = terminate(None, tag, grace)
