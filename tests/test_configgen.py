@@ -16,23 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
+from conftest import REPO, venv_python
 from lmeval import configgen as cg
 from lmeval.ocrun import opencompass_env
 from lmeval.datasets import UserDataset, load_user_dataset
 from lmeval.exceptions import UsageError
 
-REPO = Path(__file__).resolve().parent.parent
 LOADER = REPO / "tests" / "oc_load_config.py"
 CHAT_NAMES = ("aime2025", "gpqa", "ifeval", "code", "mmlu_pro", "hle")
 CHAT_JUDGED = {"aime2025", "gpqa", "mmlu_pro", "hle"}
-
-
-def opencompass_python() -> Path:
-    """The OpenCompass venv's python; a missing venv fails the test, never skips it."""
-    python = Path(os.environ.get("LMEVAL_OPENCOMPASS_PYTHON") or REPO / ".venvs" / "opencompass" / "bin" / "python")
-    if not python.exists():
-        pytest.fail(f"{python} is missing: run scripts/setup first (or set LMEVAL_OPENCOMPASS_PYTHON)")
-    return python
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,7 +383,7 @@ def round_trip_plan(case: dict) -> cg.ConfigPlan:
 
 
 def run_loader(out: Path, configs: list[Path], *options: str) -> dict:
-    python = opencompass_python()
+    python = venv_python("opencompass")
     command = [str(python), str(LOADER), "--out", str(out), *options, *map(str, configs)]
     # As lmeval runs OpenCompass: with its plugin folder on PYTHONPATH.
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=out.parent,
@@ -448,7 +440,7 @@ class Loaded:
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory) -> Loaded:
-    opencompass_python()
+    venv_python("opencompass")
     return Loaded(tmp_path_factory.mktemp("configgen"))
 
 
@@ -480,7 +472,7 @@ def test_chat_infer_config(loaded):
         seen = report[stage]
         assert [d["abbr"] for d in seen["datasets"]] == abbrs, stage
         assert subset(seen["models"][0], model_expectations(the_plan)) == model_expectations(the_plan), stage
-        assert seen["models"][0]["type"] == "lmeval_opencompass.OpenAISDKFrozenGC"
+        assert seen["models"][0]["type"] == "lmeval_opencompass.LmevalOpenAISDK"
         assert seen["models"][0]["pred_postprocessor"]["type"].endswith("extract_non_reasoning_content")
         assert not any(d["judge"] or d["llm_judge"] for d in seen["datasets"]), "no judge at inference"
     assert report["task_class"].endswith(".OpenICLInferConcurrentTask")
@@ -516,7 +508,7 @@ def test_chat_eval_config_wires_the_judge_into_judged_datasets_only(loaded):
                 assert wired is None, (stage, d["abbr"])
                 continue
             assert subset(wired, judge) == judge, (stage, d["abbr"])
-            assert wired["type"] == "lmeval_opencompass.OpenAISDKFrozenGC"
+            assert wired["type"] == "lmeval_opencompass.LmevalOpenAISDK"
             if family == "GPQA":
                 assert d["judge"] is None and d["rule_evaluator"].endswith("AccEvaluator")
         assert subset(report[stage]["models"][0], model_expectations(the_plan)) == model_expectations(the_plan)

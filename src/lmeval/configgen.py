@@ -20,9 +20,11 @@ asks for one. What they change, and why (all checked against OpenCompass 0.5.4's
   gets `in_flight // min(eval_workers, judged datasets)` threads, fed from batches four times
   that size (a plain `GenInferencer`: each batch waits for its last answer), so the judge sees
   at most `in_flight` requests, and exactly that while that many judged datasets are scored.
-- Models and judge are `OpenAISDKFrozenGC` (lmeval/opencompass_plugin/, on OpenCompass's
-  PYTHONPATH): OpenAISDK with the garbage collector frozen after start-up, since a full
-  collection over torch's objects stops every request thread for 0.3-0.4 s.
+- Models and judge are `LmevalOpenAISDK` (lmeval/opencompass_plugin/, on OpenCompass's
+  PYTHONPATH): OpenAISDK with an HTTP client per request thread (one shared httpcore pool
+  slows down with the square of its idle connections, and the client falls far below the
+  server's slots) and the garbage collector frozen after start-up (a full collection over
+  torch's objects stops every request thread for 0.3-0.4 s).
 - Every model and the judge get `tokenizer_path` (a local folder): `OpenAISDK` loads a tokenizer
   when built and otherwise downloads one, which is fatal offline.
 
@@ -481,9 +483,9 @@ def mc_prompt(options: Sequence[str]) -> str:
 # Rendering
 
 META_TEMPLATE = Code("__meta_template")
-# OpenAISDK with the garbage collector frozen once built (lmeval/opencompass_plugin/; lmeval puts
-# that folder on OpenCompass's PYTHONPATH): full collections otherwise stall every request thread.
-MODEL_MODULE, MODEL_CLASS = "lmeval_opencompass", "OpenAISDKFrozenGC"
+# OpenAISDK with an HTTP client per request thread and the garbage collector frozen once built
+# (lmeval/opencompass_plugin/; lmeval puts that folder on OpenCompass's PYTHONPATH).
+MODEL_MODULE, MODEL_CLASS = "lmeval_opencompass", "LmevalOpenAISDK"
 JUDGE_BATCH_FACTOR = 4  # judge prompts per batch, in units of its threads (see the module doc)
 MIN_QUERY_PER_SECOND = 1000
 

@@ -1,21 +1,47 @@
 """Runs inside OpenCompass's processes (its venv), never in lmeval's: lmeval puts this folder on
 OpenCompass's PYTHONPATH and names the class in the configs it writes.
 
-OpenAISDK, but once built (after every import of the task process, before any request) it runs
-one full collection and moves every object left to the garbage collector's permanent generation
-(gc.freeze). The task process imports torch and transformers, so otherwise each full
-collection walks their objects too: 0.3-0.4 s with every request thread stopped (measured on 2
-cores), long enough to leave server slots idle (bench/inference_bench.py).
+`LmevalOpenAISDK` is OpenAISDK with two changes that keep every request slot of the server
+busy (both measured with bench/inference_bench.py on 2 cores):
+
+- One HTTP client per request thread, instead of one shared by all of them. OpenAISDK's shared
+  httpx client keeps every connection in one httpcore pool, and httpcore 1.0 rescans the whole
+  pool under one lock, twice per request, in time that grows with the square of the idle
+  connections. With some 200 threads, a few seconds in which answers come back faster than
+  new requests go out leave many connections idle; each request then holds the lock longer,
+  fewer requests are out, more connections go idle, and the client falls to a third of the
+  server's slots for seconds (seen: 56-70% busy). A thread's own client holds one connection.
+  The clients share one TLS context: making one per client costs 30 ms, and 200 of them at
+  start-up held the client below the server's slots for two seconds.
+- The garbage collector is frozen once the model is built (after every import of the task
+  process, before any request): otherwise each full collection walks torch's and transformers'
+  objects too, 0.3-0.4 s with every request thread stopped.
 """
 import gc
+import threading
 
+import httpx
 from opencompass.models import OpenAISDK
 from opencompass.registry import MODELS
 
 
 @MODELS.register_module()
-class OpenAISDKFrozenGC(OpenAISDK):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+class LmevalOpenAISDK(OpenAISDK):
+    def __init__(self, *args, http_client_cfg=None, **kwargs):
+        self._clients = threading.local()  # OpenAISDK.__init__ already sets openai_client
+        http_client_cfg = {"verify": httpx.create_ssl_context(), **(http_client_cfg or {})}
+        super().__init__(*args, http_client_cfg=http_client_cfg, **kwargs)
         gc.collect()
         gc.freeze()
+
+    @property
+    def openai_client(self):
+        """The calling thread's own client, made on its first request."""
+        client = getattr(self._clients, "client", None)
+        if client is None:
+            client = self._clients.client = self._create_fresh_client()
+        return client
+
+    @openai_client.setter
+    def openai_client(self, client):
+        self._clients.client = client

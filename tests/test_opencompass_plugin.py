@@ -1,0 +1,58 @@
+"""lmeval's OpenCompass model class (src/lmeval/opencompass_plugin), built by the installed
+OpenCompass in its own venv, as lmeval's configs have OpenCompass build it.
+
+What it promises the benchmark numbers rest on: each request thread sends through its own HTTP
+client (one shared httpcore pool stalls the client, bench/inference_bench.py), the clients share
+one TLS context (making one per client took 30 ms each), OpenAISDK really sends through
+`openai_client` (else the per-thread clients would silently be bypassed by an OpenCompass
+upgrade), and the garbage collector is frozen once the model is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from conftest import REPO, venv_python
+from lmeval.ocrun import opencompass_env
+
+PROBE = r"""
+import gc, inspect, json, sys, threading
+from lmeval_opencompass import LmevalOpenAISDK  # as lmeval's configs import it
+from opencompass.models import OpenAISDK
+
+model = LmevalOpenAISDK(path="demo-chat", key="sk-test", openai_api_base="http://127.0.0.1:9/v1",
+                        tokenizer_path=sys.argv[1], max_seq_len=4096, query_per_second=1000, retry=1)
+frozen = gc.get_freeze_count()
+seen = {}
+
+def probe(name):
+    first = model.openai_client
+    seen[name] = (id(first), first is model.openai_client, id(first._client._transport._pool._ssl_context))
+
+threads = [threading.Thread(target=probe, args=(f"t{i}",)) for i in range(3)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+probe("main")
+print(json.dumps({
+    "frozen": frozen,
+    "clients": len({client for client, _, _ in seen.values()}),
+    "stable": all(same for _, same, _ in seen.values()),
+    "tls_contexts": len({context for _, _, context in seen.values()}),
+    "sends_through_openai_client": "self.openai_client.chat.completions.create" in inspect.getsource(OpenAISDK._generate),
+}))
+"""
+
+
+def test_each_request_thread_has_its_own_client_sharing_one_tls_context():
+    tokenizer = REPO / "examples" / "sample" / "models" / "demo-chat"
+    done = subprocess.run([str(venv_python("opencompass")), "-c", PROBE, str(tokenizer)], capture_output=True,
+                          text=True, timeout=300, env=opencompass_env(dict(os.environ)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"frozen": report["frozen"], "clients": 4, "stable": True, "tls_contexts": 1,
+                      "sends_through_openai_client": True}
+    assert report["frozen"] > 10_000  # torch and transformers objects, out of every collection
