@@ -26,6 +26,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from lmeval.exceptions import ServerFailed, UsageError
+from lmeval.files import write_private
 from lmeval.signals import shielded
 
 TAG_ENV = "LMEVAL_TAG"  # unique per server; inherited by all its descendants
@@ -318,9 +319,7 @@ class Server:
             "command": self.command,
             "stopped": stopped,
         }
-        fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(state, handle, indent=2)
+        write_private(self.state_path, json.dumps(state, indent=2))
 
     def exit_code(self) -> int | None:
         return None if self.popen is None else self.popen.poll()

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from lmeval.exceptions import UsageError
+from lmeval.files import write_private
 
 MANIFEST_NAME = "lmeval.json"
 LOCK_NAME = ".lmeval.lock"
@@ -68,12 +69,7 @@ class Manifest(BaseModel):
 
     def save(self, run_dir: Path) -> None:
         """Write atomically, owner-only: a crash never leaves half a manifest."""
-        path = run_dir / MANIFEST_NAME
-        temporary = path.with_suffix(".json.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.model_dump_json(indent=2))
-        os.replace(temporary, path)
+        write_private(run_dir / MANIFEST_NAME, self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, run_dir: Path) -> Manifest:

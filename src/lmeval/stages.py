@@ -18,6 +18,7 @@ from pathlib import Path
 from lmeval import configgen, outputs
 from lmeval.app import Application
 from lmeval.exceptions import ServerFailed, StageFailed
+from lmeval.files import write_private
 from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
 from lmeval.launch import Server, ServerGroup, command_line, redact
 from lmeval.manifest import RunLock, ServerRecord
@@ -35,14 +36,6 @@ PROGRESS_SECONDS = 5.0
 STALE_ENTRIES = ["predictions", "results", "summary", "infer_status", "logs", "lmeval/inputs",
                  "lmeval/infer_config.py", "lmeval/eval_config.py", "lmeval/opencompass_infer.log",
                  "lmeval/opencompass_eval.log"]
-
-
-def write_private(path: Path, text: str) -> None:
-    """Configs hold API keys: owner-only, never world-readable even for a moment."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
 
 
 class Evaluation:
