@@ -26,6 +26,7 @@ FLAGS_FILE = STANDIN_DIR / 'api_server_flags_0.18.txt'
 sys.path.insert(0, str(STANDIN_DIR))
 
 import standin_server as ss  # noqa: E402
+from helpers_processes import free_port, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.processes
 
@@ -65,12 +66,6 @@ Judging the correctness of the candidate's answer:"""
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -102,14 +97,6 @@ def sig_ignored(pid: int) -> int:
                 return int(line.split()[1], 16)
     raise AssertionError('no SigIgn line')
 
-
-def wait_until(pred, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
 
 
 class Standin:
