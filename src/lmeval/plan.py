@@ -181,7 +181,11 @@ def _existing_run(work_dir: Path, run_id: str) -> tuple[Path, Manifest]:
     return run_dir, Manifest.load(run_dir)
 
 
-def _run_copies(datasets, inputs_dir: Path) -> tuple[tuple[configgen.DatasetRef, ...], tuple[tuple[Path, Path], ...]]:
+Datasets = tuple[configgen.DatasetRef, ...]
+Copies = tuple[tuple[Path, Path], ...]  # (dataset file, its copy in the run)
+
+
+def _run_copies(datasets: Datasets, inputs_dir: Path) -> tuple[Datasets, Copies]:
     """The run keeps its own copy of each dataset file, so a later judge reads what was inferred.
 
     Returns the datasets pointing at those copies, and the copies still to make (made by the
@@ -210,132 +214,166 @@ def redact_argv(argv: list[str], secrets: list[str]) -> list[str]:
     return redacted
 
 
+@dataclass
+class _Inputs:
+    """What is evaluated: from the options (run, infer) or from the run's manifest (judge)."""
+
+    model: str
+    model_abbr: str
+    datasets: Datasets
+    generation: configgen.Generation
+
+
 def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text: None) -> EvalPlan:
     """Check every option and input, then claim (or reopen) the run folder. Starts nothing."""
     opencompass = find_executable(OPENCOMPASS, options.opencompass)
     work_dir = prepare_work_dir(options.work_dir)
     judge_only = "infer" not in stages
-    manifest = None
     if options.redo and (judge_only or not options.reuse):
         raise UsageError("--redo goes with lmeval run/infer --reuse RUN: it redoes that run's inference")
     if judge_only:
-        if not options.reuse:
-            raise UsageError("lmeval judge needs --reuse RUN: the run whose predictions to judge")
-        run_dir, manifest = _existing_run(work_dir, options.reuse)
-        inputs = manifest.inputs
-        datasets = configgen.resolve_datasets(inputs.get("task"), inputs.get("datasets"), inputs.get("files", []))
-        model, model_abbr = inputs["model"], manifest.model_abbr
-        generation = configgen.Generation(**inputs["generation"])
-        abbrs = configgen.dataset_abbrs(datasets)
-        missing = outputs.missing_predictions(run_dir, model_abbr, abbrs)
-        if len(missing) == len(abbrs):
-            raise UsageError(f"run {options.reuse} has no predictions; run inference first "
-                             f"(lmeval infer ... --reuse {options.reuse})")
-        if missing:
-            raise UsageError(f"run {options.reuse} lacks predictions for {', '.join(missing)}; "
-                             f"finish inference with lmeval infer ... --reuse {options.reuse}")
+        run_dir, manifest, inputs = _judged_run(options, work_dir)
     else:
-        if not options.model:
-            raise UsageError("give the MODEL to evaluate")
-        model = check_model(options.model)
-        datasets = configgen.resolve_datasets(options.task, options.datasets, options.dataset_files)
-        model_abbr = options.name or served_name(model)
-        generation = _generation(options)
-    tokenizer_path = inputs["model"] if judge_only else model
-
+        inputs = _inputs_from_options(options)
     lmdeploy = None
-    target_set = judge_set = None
     if judge_only:
-        recorded = manifest.servers.get("target")
-        target = configgen.ServedModel(
-            base_url=recorded.url if recorded else "http://127.0.0.1:1", api_key=UNUSED_KEY,
-            served_name=recorded.served_name if recorded else model_abbr, tokenizer_path=tokenizer_path,
-            in_flight=1)
+        target_set = None
+        target = _recorded_target(manifest, inputs)
     elif options.api_server:
-        target = external_server(options.api_server, options.api_key, "--api-server", tokenizer_path)
+        target_set = None
+        target = external_server(options.api_server, options.api_key, "--api-server", inputs.model)
     else:
         lmdeploy = find_executable(LMDEPLOY, options.lmdeploy)
-        target_set, warning = plan_server_set(
-            "target", model=model, gpus=options.gpus, tp=options.tp, replicas=options.replicas, port=options.port,
-            host=options.host, server_args=options.server_args)
-        if warning:
-            notify(warning)
-        target = served_model(target_set, tokenizer_path)
-
-    judge = None
-    if "eval" in stages and configgen.needs_judge(datasets):
-        judge_model = options.judge_model
+        target_set = _server_set("target", options, inputs.model, notify, gpus=options.gpus, tp=options.tp,
+                                 replicas=options.replicas, port=options.port, server_args=options.server_args)
+        target = served_model(target_set, inputs.model)
+    judge = judge_set = None
+    if "eval" in stages and configgen.needs_judge(inputs.datasets):
         if options.judger_server:
             judge = external_server(options.judger_server, options.judger_key, "--judger-server",
-                                    tokenizer_path=judge_model)
+                                    tokenizer_path=options.judge_model)
         else:
             lmdeploy = lmdeploy or find_executable(LMDEPLOY, options.lmdeploy)
-            taken_gpus = frozenset(target_set.gpus) if target_set else frozenset()
-            taken_ports = target_set.ports if target_set else frozenset()
-            judge_set, warning = plan_server_set(
-                "judge", model=judge_model, gpus=options.judge_gpus, tp=options.judge_tp,
-                replicas=options.judge_replicas, port=options.judge_port, host=options.host,
-                server_args=options.judge_server_args, option_prefix="judge-", taken_gpus=taken_gpus,
-                avoid_ports=taken_ports)
-            if warning:
-                notify(warning)
-            judge = served_model(judge_set, check_model(judge_model, "--judge-model"))
+            judge_set = _server_set(
+                "judge", options, options.judge_model, notify, gpus=options.judge_gpus, tp=options.judge_tp,
+                replicas=options.judge_replicas, port=options.judge_port, server_args=options.judge_server_args,
+                option_prefix="judge-", taken_gpus=frozenset(target_set.gpus) if target_set else frozenset(),
+                avoid_ports=target_set.ports if target_set else frozenset())
+            judge = served_model(judge_set, check_model(options.judge_model, "--judge-model"))
 
     # Names OpenCompass would mangle are refused now, not after the models loaded.
-    configgen.check_plan(configgen.ConfigPlan(datasets=datasets, model_abbr=model_abbr, target=target,
-                                              generation=generation, judge=judge))
+    configgen.check_plan(configgen.ConfigPlan(datasets=inputs.datasets, model_abbr=inputs.model_abbr,
+                                              target=target, generation=inputs.generation, judge=judge))
     if "{{" in str(work_dir):
         raise UsageError(f"work dir {work_dir} contains '{{{{', which OpenCompass rewrites in its configs; "
                          "pick another -w")
-    copies: tuple[tuple[Path, Path], ...] = ()
-    redo_reason = ""
-    if judge_only:
-        pass
-    elif options.reuse:
-        run_dir, manifest = _existing_run(work_dir, options.reuse)
-        # Compared on the files as given now (the run's own copies hold what was inferred).
-        inputs_now = fingerprint_inputs(model, model_abbr, datasets, generation)
-        wanted = fingerprint_of(inputs_now)
-        if manifest.fingerprint and manifest.fingerprint != wanted:
-            change = describe_change(manifest.fingerprint_inputs, inputs_now)
-            if not options.redo:
-                raise UsageError(
-                    f"run {options.reuse} was inferred {change}; its predictions would be mixed with new ones: "
-                    f"start a new run, or add --redo to move its outputs aside into {options.reuse}/stale-<time>/ "
-                    "and infer again")
-            redo_reason = f"inferred {change}"
-            # In memory only: saved once the stage holds the lock and has moved the outputs.
-            manifest.stale.append({"reason": redo_reason, "fingerprint": manifest.fingerprint,
-                                   "fingerprint_inputs": manifest.fingerprint_inputs,
-                                   "stages": {name: record.status for name, record in manifest.stages.items()},
-                                   "scores": manifest.scores})
-            manifest.stages, manifest.scores = {}, []
-        elif options.redo:
-            notify(f"--redo: run {options.reuse} was made with these settings; nothing to redo, resuming it")
-        datasets, copies = _run_copies(datasets, run_dir / "lmeval" / "inputs")
-        if redo_reason or not manifest.fingerprint:
-            manifest.fingerprint, manifest.fingerprint_inputs = wanted, inputs_now
-            manifest.inputs = _recorded_inputs(options, model, datasets, generation)
-            manifest.model_abbr = model_abbr
-        # Only copies missing from the run are made, unless the redo replaces them all.
-        copies = copies if redo_reason else tuple((src, dst) for src, dst in copies if not dst.exists())
-    else:
-        inputs_now = fingerprint_inputs(model, model_abbr, datasets, generation)
-        run_id, run_dir = claim_new_folder(work_dir)
-        datasets, copies = _run_copies(datasets, run_dir / "lmeval" / "inputs")
-        manifest = Manifest(run_id=run_id, model_abbr=model_abbr)
-        manifest.fingerprint, manifest.fingerprint_inputs = fingerprint_of(inputs_now), inputs_now
-        manifest.inputs = _recorded_inputs(options, model, datasets, generation)
+    datasets, copies, redo_reason = inputs.datasets, (), ""
+    if options.reuse and not judge_only:
+        run_dir, manifest, datasets, copies, redo_reason = _reopened_run(options, work_dir, inputs, notify)
+    elif not judge_only:
+        run_dir, manifest, datasets, copies = _new_run(options, work_dir, inputs)
     given_keys = [key.get_secret_value() for key in (options.api_key, options.judger_key) if key]
     manifest.command = redact_argv(sys.argv, given_keys)
     manifest.versions = {"lmeval": __version__, "opencompass": installed_version(opencompass, "opencompass"),
                          "lmdeploy": installed_version(lmdeploy, "lmdeploy") if lmdeploy else "not used"}
     return EvalPlan(
         run_id=run_dir.name, run_dir=run_dir, work_dir=work_dir, manifest=manifest, opencompass=opencompass,
-        lmdeploy=lmdeploy, datasets=datasets, model_abbr=model_abbr, generation=generation, target=target,
-        target_set=target_set, judge=judge, judge_set=judge_set, ready_timeout=options.ready_timeout,
+        lmdeploy=lmdeploy, datasets=datasets, model_abbr=inputs.model_abbr, generation=inputs.generation,
+        target=target, target_set=target_set, judge=judge, judge_set=judge_set, ready_timeout=options.ready_timeout,
         grace=options.grace, dry_run=options.dry_run, copies=copies, redo_reason=redo_reason,
     )
+
+
+def _inputs_from_options(options: EvalOptions) -> _Inputs:
+    if not options.model:
+        raise UsageError("give the MODEL to evaluate")
+    model = check_model(options.model)
+    return _Inputs(model=model, model_abbr=options.name or served_name(model),
+                   datasets=configgen.resolve_datasets(options.task, options.datasets, options.dataset_files),
+                   generation=_generation(options))
+
+
+def _judged_run(options: EvalOptions, work_dir: Path) -> tuple[Path, Manifest, _Inputs]:
+    """`lmeval judge --reuse RUN`: the run, and what it inferred, as its manifest recorded it."""
+    if not options.reuse:
+        raise UsageError("lmeval judge needs --reuse RUN: the run whose predictions to judge")
+    run_dir, manifest = _existing_run(work_dir, options.reuse)
+    recorded = manifest.inputs
+    inputs = _Inputs(
+        model=recorded["model"], model_abbr=manifest.model_abbr,
+        datasets=configgen.resolve_datasets(recorded.get("task"), recorded.get("datasets"), recorded.get("files", [])),
+        generation=configgen.Generation(**recorded["generation"]))
+    abbrs = configgen.dataset_abbrs(inputs.datasets)
+    missing = outputs.missing_predictions(run_dir, inputs.model_abbr, abbrs)
+    if len(missing) == len(abbrs):
+        raise UsageError(f"run {options.reuse} has no predictions; run inference first "
+                         f"(lmeval infer ... --reuse {options.reuse})")
+    if missing:
+        raise UsageError(f"run {options.reuse} lacks predictions for {', '.join(missing)}; "
+                         f"finish inference with lmeval infer ... --reuse {options.reuse}")
+    return run_dir, manifest, inputs
+
+
+def _recorded_target(manifest: Manifest, inputs: _Inputs) -> configgen.ServedModel:
+    """The judge stage sends nothing to the target; the config still names the one that inferred."""
+    recorded = manifest.servers.get("target")
+    return configgen.ServedModel(
+        base_url=recorded.url if recorded else "http://127.0.0.1:1", api_key=UNUSED_KEY,
+        served_name=recorded.served_name if recorded else inputs.model_abbr, tokenizer_path=inputs.model,
+        in_flight=1)
+
+
+def _server_set(role: str, options: EvalOptions, model: str, notify, **settings) -> ServerSet:
+    server_set, warning = plan_server_set(role, model=model, host=options.host, **settings)
+    if warning:
+        notify(warning)
+    return server_set
+
+
+def _reopened_run(options: EvalOptions, work_dir: Path, inputs: _Inputs,
+                  notify) -> tuple[Path, Manifest, Datasets, Copies, str]:
+    """`run/infer --reuse RUN`: the run resumed, or with `--redo` its outputs of other settings
+    set to be moved aside (the last item says why; empty when resumed)."""
+    run_dir, manifest = _existing_run(work_dir, options.reuse)
+    # Compared on the files as given now (the run's own copies hold what was inferred).
+    inputs_now = fingerprint_inputs(inputs.model, inputs.model_abbr, inputs.datasets, inputs.generation)
+    wanted = fingerprint_of(inputs_now)
+    redo_reason = ""
+    if manifest.fingerprint and manifest.fingerprint != wanted:
+        change = describe_change(manifest.fingerprint_inputs, inputs_now)
+        if not options.redo:
+            raise UsageError(
+                f"run {options.reuse} was inferred {change}; its predictions would be mixed with new ones: "
+                f"start a new run, or add --redo to move its outputs aside into {options.reuse}/stale-<time>/ "
+                "and infer again")
+        redo_reason = f"inferred {change}"
+        # In memory only: saved once the stage holds the lock and has moved the outputs.
+        manifest.stale.append({"reason": redo_reason, "fingerprint": manifest.fingerprint,
+                               "fingerprint_inputs": manifest.fingerprint_inputs,
+                               "stages": {name: record.status for name, record in manifest.stages.items()},
+                               "scores": manifest.scores})
+        manifest.stages, manifest.scores = {}, []
+    elif options.redo:
+        notify(f"--redo: run {options.reuse} was made with these settings; nothing to redo, resuming it")
+    datasets, copies = _run_copies(inputs.datasets, run_dir / "lmeval" / "inputs")
+    if redo_reason or not manifest.fingerprint:
+        manifest.fingerprint, manifest.fingerprint_inputs = wanted, inputs_now
+        manifest.inputs = _recorded_inputs(options, inputs.model, datasets, inputs.generation)
+        manifest.model_abbr = inputs.model_abbr
+    # Only copies missing from the run are made, unless the redo replaces them all.
+    copies = copies if redo_reason else tuple((src, dst) for src, dst in copies if not dst.exists())
+    return run_dir, manifest, datasets, copies, redo_reason
+
+
+def _new_run(options: EvalOptions, work_dir: Path, inputs: _Inputs) -> tuple[Path, Manifest, Datasets, Copies]:
+    """A fresh run folder, claimed now."""
+    inputs_now = fingerprint_inputs(inputs.model, inputs.model_abbr, inputs.datasets, inputs.generation)
+    run_id, run_dir = claim_new_folder(work_dir)
+    datasets, copies = _run_copies(inputs.datasets, run_dir / "lmeval" / "inputs")
+    manifest = Manifest(run_id=run_id, model_abbr=inputs.model_abbr)
+    manifest.fingerprint, manifest.fingerprint_inputs = fingerprint_of(inputs_now), inputs_now
+    manifest.inputs = _recorded_inputs(options, inputs.model, datasets, inputs.generation)
+    return run_dir, manifest, datasets, copies
 
 
 def _recorded_inputs(options: EvalOptions, model: str, datasets, generation: configgen.Generation) -> dict:
