@@ -73,10 +73,10 @@ class EvalPlan:
 
 
 def in_flight(capacity: int) -> int:
-    """Half again as many requests as the servers run at once. The few queued at the server fill
-    a freed slot at once, where a fresh request takes ~50 ms to arrive, and they ride out the
-    client's stalls on a busy CPU (bench/inference_bench.py, 1024 prompts on 128 slots: 91-94%
-    busy at exactly capacity; at 1.25x 74-98% through `lmeval infer`; at 1.5x 98%)."""
+    """Half again as many requests as the servers run at once: the few queued at the server fill
+    a freed slot at once, where a fresh request needs a round trip and the client's CPU to arrive.
+    (`bench/inference_bench.py --sections inflight`, 1024 prompts on 128 slots, 2 cores: 96.8%
+    busy at exactly capacity, 97.7-98.2% from 1.12x to 2x.)"""
     return capacity + max(1, capacity // 2)
 
 
