@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-VENVS = Path(os.environ.get("LMEVAL_VENVS", REPO / ".venvs"))
-STANDIN = REPO / "tests" / "standin" / "lmdeploy"
+from helpers_processes import VENVS, lmeval_runner_in
 
 
 def venv_python(name: str) -> Path:
@@ -51,3 +48,11 @@ def reaper(tmp_path):
     reaper = Reaper(tmp_path / "logs")
     yield reaper
     reaper.reap()
+
+
+@pytest.fixture
+def lmeval_runner(tmp_path):
+    """Starts lmeval processes for a test (tests/helpers_processes.py) and, once it is over,
+    kills them and whatever they left."""
+    with lmeval_runner_in(tmp_path) as runner:
+        yield runner

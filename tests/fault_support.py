@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -31,17 +30,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from helpers_processes import running
+from e2e_support import write_scenario
+from helpers_processes import (
+    REPO,
+    RUN_ENV,
+    STANDIN,
+    TAG_ENV,
+    VENVS,
+    lmeval_env,
+    owner_pid,
+    processes_where,
+    running,
+    wait_until as poll_until,
+)
 
 from lmeval.configgen import JUDGE_BATCH_FACTOR
 
-REPO = Path(__file__).resolve().parent.parent
-STANDIN = REPO / "tests" / "standin" / "lmdeploy"
 MODELS = REPO / "examples" / "sample" / "models"
-VENVS = Path(os.environ.get("LMEVAL_VENVS", REPO / ".venvs"))
 OPENCOMPASS = VENVS / "opencompass" / "bin" / "opencompass"
 TOOLS = ["--lmdeploy", str(STANDIN), "--opencompass", str(OPENCOMPASS)]
-WORKER_LINE = re.compile(r"started worker (\d+) pid (\d+)")
 
 # Fast stand-in servers; the workers' safety net ends them even if everything else failed.
 STANDIN_ENV = {"STANDIN_LOAD_SECONDS": "0.2", "STANDIN_WARMUP_SECONDS": "0.2",
@@ -49,10 +56,7 @@ STANDIN_ENV = {"STANDIN_LOAD_SECONDS": "0.2", "STANDIN_WARMUP_SECONDS": "0.2",
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("STANDIN_", "LMEVAL_"))}
-    env.update(STANDIN_ENV)
-    env.update(extra)
-    return env
+    return lmeval_env(STANDIN_ENV, **extra)
 
 
 def _restore_signals() -> None:
@@ -122,32 +126,19 @@ class Lmeval:
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    """PREDICATE's first true value; a failed assertion naming WHAT if none came in time."""
+    value = poll_until(predicate, timeout, interval)
+    if not value:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return value
 
 
 def leftovers(work_dirs: list[Path], owners: list[int] = ()) -> list[psutil.Process]:
     """Live processes lmeval tagged for a run in WORK_DIRS, or whose owner is one of OWNERS."""
     runs = {run.name for work in work_dirs if work.is_dir() for run in work.iterdir()}
     owner_pids = {str(pid) for pid in owners}
-    found = []
-    for process in psutil.process_iter():
-        try:
-            env = process.environ()
-        except (psutil.Error, OSError):
-            continue
-        if "LMEVAL_TAG" not in env and "LMEVAL_RUN_ID" not in env:
-            continue
-        if env.get("LMEVAL_RUN_ID") in runs or env.get("LMEVAL_OWNER", "").split(":")[0] in owner_pids:
-            if running(process):
-                found.append(process)
-    return found
+    return processes_where(lambda env: (TAG_ENV in env or RUN_ENV in env)
+                           and (env.get(RUN_ENV) in runs or owner_pid(env) in owner_pids))
 
 
 def describe(processes: list[psutil.Process]) -> str:
@@ -234,13 +225,6 @@ def copy_run(source: Path, work_dir: Path, run_id: str, original: Path) -> Path:
     manifest["run_id"] = run_id
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return target
-
-
-def worker_pids(log: Path) -> dict[int, int]:
-    try:
-        return {int(k): int(p) for k, p in WORKER_LINE.findall(log.read_text(errors="replace"))}
-    except OSError:
-        return {}
 
 
 def stats(port: int) -> dict | None:
@@ -377,13 +361,6 @@ MC_ROWS = [
 INVALID_MARKER = "Marlowe"
 
 
-def _same(reply: str, gold: str) -> bool:
-    """The stand-in judge's comparison: case, runs of spaces and a trailing stop ignored."""
-    def norm(text: str) -> str:
-        return re.sub(r"\s+", " ", text).strip().casefold().rstrip(".,!?")
-    return norm(reply) == norm(gold)
-
-
 @dataclass
 class ChainScenario:
     qa: Path
@@ -394,20 +371,9 @@ class ChainScenario:
 
 
 def make_chain_scenario(folder: Path) -> ChainScenario:
-    folder.mkdir(parents=True, exist_ok=True)
-    qa, mc, key = folder / "trivia.jsonl", folder / "choices.jsonl", folder / "key.json"
-    qa.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a, _ in QA_ROWS))
-    mc.write_text("".join(json.dumps({"question": q, **dict(zip("ABC", opts)), "answer": a}) + "\n"
-                          for q, opts, a, _ in MC_ROWS))
-    entries = [{"match": q, "reply": reply} for q, _, reply in QA_ROWS]
-    entries += [{"match": q, "reply": f"The answer is {reply}."} for q, _, _, reply in MC_ROWS]
-    key.write_text(json.dumps(entries))
-    expected = {
-        "trivia": f"{100 * sum(_same(reply, gold) for _, gold, reply in QA_ROWS) / len(QA_ROWS):.2f}",
-        "choices": f"{100 * sum(reply == gold for _, _, gold, reply in MC_ROWS) / len(MC_ROWS):.2f}",
-    }
+    qa, mc, key, expected = write_scenario(folder, QA_ROWS, MC_ROWS)
     questions = {"trivia": [q for q, _, _ in QA_ROWS], "choices": [q for q, *_ in MC_ROWS]}
-    return ChainScenario(qa, mc, key, expected, questions)
+    return ChainScenario(qa, mc, key, {name: f"{score:.2f}" for name, score in expected.items()}, questions)
 
 
 def chain_args(scenario: ChainScenario, work_dir: Path, *extra: str) -> list[str]:

@@ -2,8 +2,8 @@
 process it started.
 
 `LmevalProcess` reads lmeval's stdout and stderr on threads, timestamping each line as it is
-read, so a test can wait for a line and know when it appeared. `LmevalRunner` starts them; a
-test file's `lmeval_runner` fixture wraps it in `lmeval_runner_in`, whose teardown (test passed
+read, so a test can wait for a line and know when it appeared. `LmevalRunner` starts them; the
+`lmeval_runner` fixture (conftest.py) wraps it in `lmeval_runner_in`, whose teardown (test passed
 or failed) kills each lmeval it started and every process whose environment carries LMEVAL_TAG
 with one of them as LMEVAL_OWNER. Assertions about lmeval's own cleanup must run before that.
 """
@@ -27,7 +27,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "tests" / "standin" / "lmdeploy"
-TAG_ENV, OWNER_ENV = "LMEVAL_TAG", "LMEVAL_OWNER"
+VENVS = Path(os.environ.get("LMEVAL_VENVS", REPO / ".venvs"))  # made by scripts/setup
+TAG_ENV, OWNER_ENV, RUN_ENV = "LMEVAL_TAG", "LMEVAL_OWNER", "LMEVAL_RUN_ID"
 WORKER_LINE = re.compile(r"started worker (\d+) pid (\d+)")
 
 # Small stand-in timings keep the files fast; the workers' safety net ends them even if
@@ -37,6 +38,13 @@ STANDIN_ENV = {
     "STANDIN_WARMUP_SECONDS": "0.2",
     "STANDIN_WORKER_MAX_SECONDS": "120",
 }
+
+
+def lmeval_env(standin: dict[str, str], **extra: str) -> dict[str, str]:
+    """This process's environment without any STANDIN_/LMEVAL_ setting of its own, then the
+    stand-in's settings STANDIN, then EXTRA: what an lmeval under test runs with."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("STANDIN_", "LMEVAL_"))}
+    return {**env, **standin, **extra}
 
 
 def free_port() -> int:
@@ -62,22 +70,28 @@ def running(process: psutil.Process) -> bool:
         return False
 
 
-def tagged(owner_pids: Iterable[int] | None = None) -> list[psutil.Process]:
-    """Running processes whose environment has LMEVAL_TAG (and, if given, an owner among OWNER_PIDS)."""
-    owners = {str(pid) for pid in owner_pids} if owner_pids is not None else None
+def processes_where(select: Callable[[dict[str, str]], bool]) -> list[psutil.Process]:
+    """Running processes (zombies left out) whose environment SELECT accepts."""
     found = []
     for process in psutil.process_iter():
         try:
             env = process.environ()
         except (psutil.Error, OSError):
             continue
-        if TAG_ENV not in env:
-            continue
-        if owners is not None and env.get(OWNER_ENV, "").split(":")[0] not in owners:
-            continue
-        if running(process):
+        if select(env) and running(process):
             found.append(process)
     return found
+
+
+def owner_pid(env: dict[str, str]) -> str:
+    """The pid of the lmeval that started the process with ENV (LMEVAL_OWNER is `pid:token`)."""
+    return env.get(OWNER_ENV, "").split(":")[0]
+
+
+def tagged(owner_pids: Iterable[int] | None = None) -> list[psutil.Process]:
+    """Running processes whose environment has LMEVAL_TAG (and, if given, an owner among OWNER_PIDS)."""
+    owners = {str(pid) for pid in owner_pids} if owner_pids is not None else None
+    return processes_where(lambda env: TAG_ENV in env and (owners is None or owner_pid(env) in owners))
 
 
 def worker_pids(log: Path) -> dict[int, int]:
@@ -183,11 +197,7 @@ class LmevalRunner:
         self.started: list[LmevalProcess] = []
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("STANDIN_", "LMEVAL_"))}
-        env.update(STANDIN_ENV)
-        env.update(extra)
-        return env
+        return lmeval_env(STANDIN_ENV, **extra)
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> LmevalProcess:
         process = LmevalProcess(list(args), env if env is not None else self.env(), self.tmp_path)
@@ -214,7 +224,7 @@ class LmevalRunner:
 
 @contextmanager
 def lmeval_runner_in(tmp_path: Path) -> Iterator[LmevalRunner]:
-    """For a test file's `lmeval_runner` fixture of a test file: the runner, torn down whatever happened."""
+    """For the `lmeval_runner` fixture (conftest.py): the runner, torn down whatever happened."""
     runner = LmevalRunner(tmp_path)
     try:
         yield runner

@@ -12,7 +12,6 @@ import pytest
 from helpers_processes import (
     STANDIN,
     free_port,
-    lmeval_runner_in,
     read_state,
     running,
     serve_folder,
@@ -22,12 +21,6 @@ from helpers_processes import (
 )
 
 pytestmark = pytest.mark.processes
-
-
-@pytest.fixture
-def lmeval_runner(tmp_path):
-    with lmeval_runner_in(tmp_path) as runner:
-        yield runner
 
 
 def test_cleanup_ends_what_a_killed_lmeval_left(lmeval_runner, tmp_path):

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from conftest import REPO, venv_python
+from conftest import venv_python
+from helpers_processes import REPO
 from lmeval import configgen as cg
 from lmeval.ocrun import opencompass_env
 from lmeval.datasets import UserDataset, load_user_dataset

@@ -43,9 +43,8 @@ from fault_support import (
     stats,
     tree_digest,
     wait_until,
-    worker_pids,
 )
-from helpers_processes import running
+from helpers_processes import running, worker_pids
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 

@@ -14,7 +14,8 @@ import json
 import os
 import subprocess
 
-from conftest import REPO, venv_python
+from conftest import venv_python
+from helpers_processes import REPO
 from lmeval.ocrun import opencompass_env
 
 PROBE = r"""

@@ -21,7 +21,6 @@ import pytest
 from helpers_processes import (
     STANDIN,
     free_port,
-    lmeval_runner_in,
     no_driver_warning,
     read_state,
     running,
@@ -33,11 +32,6 @@ from helpers_processes import (
 
 pytestmark = pytest.mark.processes
 
-
-@pytest.fixture
-def lmeval_runner(tmp_path):
-    with lmeval_runner_in(tmp_path) as runner:
-        yield runner
 
 GRACE = 3.0
 
@@ -82,6 +76,16 @@ def assert_all_gone(lm, processes: dict[str, psutil.Process]) -> None:
     left = {name: p.pid for name, p in processes.items() if running(p)}
     assert left == {}, f"left running: {left}"
     assert tagged([lm.pid]) == []
+
+
+def stop_within_grace(lm, sig: int, processes: dict[str, psutil.Process], exit_code: int) -> None:
+    """Send SIG: lmeval must exit with EXIT_CODE within the grace period, nothing it started left."""
+    sent = lm.signal(sig)
+    code = lm.wait(timeout=GRACE + 10)
+    took = time.monotonic() - sent
+    assert_all_gone(lm, processes)
+    assert code == exit_code, lm.transcript()
+    assert took < GRACE, f"stopping took {took:.2f} s"
 
 
 @pytest.fixture
@@ -129,12 +133,7 @@ def test_serve_ready_then_ctrl_c_stops_everything(lmeval_runner, model, tmp_path
         assert [entry["id"] for entry in answer.json()["data"]] == ["demo-model"]
 
     # Ctrl-C: the documented way to stop `serve`, so exit 0, within the grace period.
-    sent = lm.signal(signal.SIGINT)
-    code = lm.wait(timeout=GRACE + 10)
-    took = time.monotonic() - sent
-    assert_all_gone(lm, processes)
-    assert code == 0, lm.transcript()
-    assert took < GRACE, f"stopping took {took:.2f} s"
+    stop_within_grace(lm, signal.SIGINT, processes, 0)
     assert lm.stdout_lines == []
     assert lm.stderr_lines == [
         *started_lines(model, port, folder), *ready_lines(model, port, folder),
@@ -176,12 +175,7 @@ def test_sigterm_while_serving_exits_130_and_stops_everything(lmeval_runner, mod
     folder = serve_folder(work)
     processes = server_processes(lm, folder / "servers" / "model.log")
 
-    sent = lm.signal(signal.SIGTERM)
-    code = lm.wait(timeout=GRACE + 10)
-    took = time.monotonic() - sent
-    assert_all_gone(lm, processes)
-    assert code == 130, lm.transcript()
-    assert took < GRACE, f"stopping took {took:.2f} s"
+    stop_within_grace(lm, signal.SIGTERM, processes, 130)
     assert lm.stderr_lines == [
         *started_lines(model, port, folder), *ready_lines(model, port, folder),
         "lmeval: stopped model server (3 processes ended)",
@@ -198,12 +192,7 @@ def test_interrupt_while_loading_exits_130_and_stops_everything(lmeval_runner, m
     folder = serve_folder(work)
     processes = server_processes(lm, folder / "servers" / "model.log")  # workers up, model "loading"
 
-    sent = lm.signal(sig)
-    code = lm.wait(timeout=GRACE + 10)
-    took = time.monotonic() - sent
-    assert_all_gone(lm, processes)
-    assert code == 130, lm.transcript()
-    assert took < GRACE, f"stopping took {took:.2f} s"
+    stop_within_grace(lm, sig, processes, 130)
     assert lm.stderr_lines == [
         *started_lines(model, port, folder),
         "lmeval: stopped model server (3 processes ended)",
