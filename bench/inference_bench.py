@@ -209,6 +209,11 @@ def analyse_load(records: list[dict], slots: int, scale: float, expected: int) -
     )
 
 
+def as_record(result: dict) -> dict:
+    """A run's RESULT for the --json file: load reports as plain dicts, the config path left out."""
+    return {k: v.__dict__ if isinstance(v, LoadReport) else v for k, v in result.items() if k != "config"}
+
+
 # ============================================================================ processes
 
 
@@ -481,15 +486,14 @@ class Bench:
             ours = self.run_lmeval_infer(dataset, "lmeval_infer" if number == 1 else f"lmeval_infer_{number}")
             self.say(f"lmeval run {number} of {a.repeats}: {fmt_load(ours['load'])}")
             runs.append(ours)
-        self.results["lmeval_infer_runs"] = [{k: v.__dict__ if isinstance(v, LoadReport) else v
-                                              for k, v in run.items() if k != "config"} for run in runs]
+        self.results["lmeval_infer_runs"] = [as_record(run) for run in runs]
         self.results["lmeval_infer"] = self.results["lmeval_infer_runs"][0]
         worst = min(runs, key=lambda run: run["load"].utilisation)
         stock = self.run_stock_client(runs[0]["config"])
-        self.results["stock_openaisdk"] = {k: v.__dict__ if isinstance(v, LoadReport) else v for k, v in stock.items()}
+        self.results["stock_openaisdk"] = as_record(stock)
         self.say(f"stock OpenAISDK: {fmt_load(stock['load'])}")
         theirs = self.run_template(runs[0]["config"])
-        self.results["template"] = {k: v.__dict__ if isinstance(v, LoadReport) else v for k, v in theirs.items()}
+        self.results["template"] = as_record(theirs)
         self.say(f"template: {fmt_load(theirs['load'])}")
         mine, plain, tmpl = worst["load"], stock["load"], theirs["load"]
         if len({round(r.perfect_seconds, 6) for r in (mine, plain, tmpl)}) > 1:
