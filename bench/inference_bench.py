@@ -75,7 +75,7 @@ RECORDER = ROOT / "bench" / "recording_standin.py"
 MODEL = ROOT / "examples" / "sample" / "models" / "demo-chat"
 JUDGE_MODEL = ROOT / "examples" / "sample" / "models" / "demo-judge"
 sys.path.insert(0, str(ROOT / "tests" / "standin"))
-import standin_server  # the stand-in's own latency model: answer_seconds()
+import standin_server  # noqa: E402 - the stand-in's own latency model: answer_seconds()
 
 PROMPT_ID = re.compile(r"\[q(\d+)\]")
 LATENCY_DIST = "heavy"

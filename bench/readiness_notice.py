@@ -24,7 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers_processes import STANDIN, LmevalRunner, free_port
+from toolkit import STANDIN, Runner  # noqa: E402 - from tests/, put on the path above
+
+from lmeval.launch import free_port  # noqa: E402
 
 GOAL_SECONDS = 0.5
 POLL_SECONDS = 0.002
@@ -53,7 +55,7 @@ def first_healthy(port: int, stop: threading.Event, found: list[float]) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def one_run(runner: LmevalRunner, model: Path, work: Path) -> float:
+def one_run(runner: Runner, model: Path, work: Path) -> float:
     port = free_port()
     env = runner.env(STANDIN_LOAD_SECONDS=LOAD_SECONDS, STANDIN_WARMUP_SECONDS=WARMUP_SECONDS)
     healthy: list[float] = []
@@ -81,7 +83,7 @@ def main() -> int:
         tmp_path = Path(tmp)
         model = tmp_path / "demo-model"
         model.mkdir()
-        runner = LmevalRunner(tmp_path)
+        runner = Runner(tmp_path)
         gaps = []
         try:
             for index in range(runs):

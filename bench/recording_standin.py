@@ -28,7 +28,7 @@ STARTED = time.time()
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'tests', 'standin'))
 
-import standin_server as ss
+import standin_server as ss  # noqa: E402 - from tests/standin, put on the path above
 
 
 class Recorder:

@@ -1,4 +1,8 @@
-"""Shared fixtures: where the project's venvs and stand-in live, and process hygiene."""
+"""Shared fixtures: the project's venvs, the crash chain, and a runner that leaves no process.
+
+Markers say what a test needs beyond the lmeval venv (pyproject.toml lists them); the unmarked
+tests are the fast tier (`scripts/test --fast`) and need no tool venv.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from helpers_processes import VENVS, lmeval_runner_in
+from toolkit import OPENCOMPASS, VENVS, Runner
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fast", action="store_true",
+                     help="only the tests without a marker of pyproject.toml's list: no tool venv, no server")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--fast"):
+        return
+    needs = {line.split(":")[0].strip() for line in config.getini("markers")}
+    fast = [item for item in items if not needs & {mark.name for mark in item.iter_markers()}]
+    config.hook.pytest_deselected(items=[item for item in items if item not in fast])
+    items[:] = fast
 
 
 def venv_python(name: str) -> Path:
@@ -24,16 +42,17 @@ def lmdeploy_python() -> Path:
 
 @pytest.fixture
 def venvs() -> Path:
-    """The project's venvs folder, checked to hold OpenCompass (the e2e tests run it)."""
+    """The project's venvs folder, checked to hold OpenCompass and LMDeploy."""
     venv_python("opencompass")
+    venv_python("lmdeploy")
     return VENVS
 
 
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory):
-    """The crash/resume chain of the fault tests (tests/fault_support.py): four OpenCompass
-    stages with two server crashes, built once and read by test_faults and test_security."""
-    from fault_support import OPENCOMPASS, crash_chain
+    """The crash/resume chain (tests/scenarios.py): four OpenCompass stages with two server
+    crashes, built once and read by test_faults, test_security and test_results."""
+    from scenarios import crash_chain
 
     if not OPENCOMPASS.exists():
         pytest.fail(f"{OPENCOMPASS} is missing: run scripts/setup first")
@@ -41,18 +60,11 @@ def chain(tmp_path_factory):
 
 
 @pytest.fixture
-def reaper(tmp_path):
-    """Starts lmeval processes for a test and kills whatever they left once it is over."""
-    from fault_support import Reaper
-
-    reaper = Reaper(tmp_path / "logs")
-    yield reaper
-    reaper.reap()
-
-
-@pytest.fixture
 def lmeval_runner(tmp_path):
-    """Starts lmeval processes for a test (tests/helpers_processes.py) and, once it is over,
-    kills them and whatever they left."""
-    with lmeval_runner_in(tmp_path) as runner:
+    """Starts lmeval processes for a test (tests/toolkit.py) and, once it is over, kills them
+    and whatever they left."""
+    runner = Runner(tmp_path)
+    try:
         yield runner
+    finally:
+        runner.teardown()

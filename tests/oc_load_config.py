@@ -265,7 +265,7 @@ def main() -> int:
             try:
                 report = values(path, work) if args.values else follow(path, work, args.build)
                 result["configs"].append(report)
-            except Exception:
+            except Exception:  # noqa: BLE001 - every failure is the report
                 result["configs"].append({"path": path, "error": traceback.format_exc()})
             finally:
                 os.chdir(cwd)

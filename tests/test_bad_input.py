@@ -17,17 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fault_support import (
-    MODELS,
-    OPENCOMPASS,
-    TOOLS,
-    Reaper,
-    base_env,
-    describe,
-    make_chain_scenario,
-    only_run,
-    tree_digest,
-)
+from scenarios import make_chain_scenario
+from toolkit import MODELS, OPENCOMPASS, TOOLS, Runner, describe, lmeval_env, only_run, tree_digest
 
 pytestmark = pytest.mark.processes
 
@@ -58,12 +49,13 @@ class Context:
         nvml = folder / "nvml"
         nvml.mkdir()
         (nvml / "pynvml.py").write_text(FAKE_NVML)
-        self.env = base_env(PYTHONPATH=str(nvml))
+        self.env = lmeval_env(PYTHONPATH=str(nvml))
         self.scenario = make_chain_scenario(folder / "data")
         self.work = folder / "out"
-        self.reaper = Reaper(folder / "logs")
-        made = self.reaper.run(["infer", str(MODELS / "demo-chat"), "--dataset", str(self.scenario.qa),
-                                "--gpus", "0", "-w", str(self.work), "--dry-run", *TOOLS], self.env, self.work)
+        self.runner = Runner(folder)
+        made = self.runner.run("infer", str(MODELS / "demo-chat"), "--dataset", str(self.scenario.qa),
+                               "--gpus", "0", "-w", str(self.work), "--dry-run", *TOOLS, env=self.env,
+                               work_dir=self.work)
         assert made.poll() == 0, made.transcript()
         self.run_id = only_run(self.work).name
         self.bad = folder / "data" / "broken.jsonl"
@@ -92,12 +84,13 @@ def ctx(tmp_path_factory):
     context = Context(tmp_path_factory.mktemp("bad-input"))
     yield context
     context.listener.close()
-    context.reaper.reap()
+    context.runner.teardown()
 
 
 # (id, arguments from the context, the error after "lmeval: error: ")
 CASES = [
-    ("unknown task", lambda c: c.run_args("--task", "nope"), lambda c: "unknown task 'nope'; --task takes one of: chat (see lmeval tasks)"),
+    ("unknown task", lambda c: c.run_args("--task", "nope"),
+     lambda c: "unknown task 'nope'; --task takes one of: chat (see lmeval tasks)"),
     ("unknown dataset", lambda c: c.run_args("--task", "chat", "--datasets", "gpqa,nope"),
      lambda c: "unknown dataset 'nope' in --datasets; the chat suite has: aime2025, gpqa, ifeval, code, mmlu_pro, hle"),
     ("model path missing", lambda c: c.run_args(model=str(c.folder / "no-such-model")),
@@ -171,7 +164,7 @@ CASES = [
 def _refused(ctx: Context, args: list[str], env: dict[str, str] | None = None):
     before = tree_digest(ctx.work)
     started = time.monotonic()
-    lm = ctx.reaper.run(args, env or ctx.env, ctx.work, timeout=60)
+    lm = ctx.runner.run(*args, env=env or ctx.env, work_dir=ctx.work)
     took = time.monotonic() - started
     return lm, took, before
 
@@ -181,12 +174,12 @@ def _assert_refused(ctx: Context, lm, took: float, before: dict, message: str) -
     assert lm.stderr == f"lmeval: error: {message}\n", lm.transcript()
     assert lm.stdout == ""
     assert took < REFUSE_SECONDS
-    assert describe(ctx.reaper.leftovers()) == ""
+    assert describe(ctx.runner.leftovers()) == ""
     assert tree_digest(ctx.work) == before  # no run folder made, none changed
 
 
-@pytest.mark.parametrize("name, args, message", CASES, ids=[case[0] for case in CASES])
-def test_bad_input_is_refused_before_anything_starts(name, args, message, ctx):
+@pytest.mark.parametrize("args, message", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_refused_before_anything_starts(args, message, ctx):
     lm, took, before = _refused(ctx, args(ctx))
     _assert_refused(ctx, lm, took, before, message(ctx))
 

@@ -9,16 +9,9 @@ import signal
 
 import psutil
 import pytest
-from helpers_processes import (
-    STANDIN,
-    free_port,
-    read_state,
-    running,
-    serve_folder,
-    tagged,
-    wait_until,
-    worker_pids,
-)
+from toolkit import STANDIN, read_state, running, serve_folder, tagged, wait_until, worker_pids
+
+from lmeval.launch import free_port
 
 pytestmark = pytest.mark.processes
 
@@ -31,7 +24,7 @@ def test_cleanup_ends_what_a_killed_lmeval_left(lmeval_runner, tmp_path):
     lm.wait_line("lmeval: press Ctrl-C to stop")
     folder = serve_folder(work)
     log = folder / "servers" / "model.log"
-    server = psutil.Process(read_state(folder / "servers" / "model.json")["pid"])
+    server = psutil.Process(read_state(folder / "servers" / "model.json").pid)
     workers = {k: psutil.Process(pid) for k, pid in worker_pids(log).items()}
     assert sorted(workers) == [0, 1]
     assert {p.pid for p in tagged([lm.pid])} == {server.pid, *(p.pid for p in workers.values())}
@@ -40,10 +33,10 @@ def test_cleanup_ends_what_a_killed_lmeval_left(lmeval_runner, tmp_path):
     assert lm.wait() == -signal.SIGKILL
     # The main server gets SIGTERM when lmeval dies (PR_SET_PDEATHSIG) and exits; like
     # LMDeploy's, its workers do not.
-    assert wait_until(lambda: not running(server), 10), "the server outlived lmeval"
+    wait_until(lambda: not running(server), 10, what="the server to end with lmeval")
     assert all(running(p) for p in workers.values())
     assert {p.pid for p in tagged([lm.pid])} == {p.pid for p in workers.values()}
-    assert read_state(folder / "servers" / "model.json")["stopped"] is False
+    assert read_state(folder / "servers" / "model.json").stopped is False
 
     cleanup = lmeval_runner.run("cleanup", "-w", str(work), "--grace", "3")
     assert [p.pid for p in workers.values() if running(p)] == []
@@ -54,7 +47,7 @@ def test_cleanup_ends_what_a_killed_lmeval_left(lmeval_runner, tmp_path):
         f"lmeval: ended model server of {folder.name} (port {port}, 2 processes)",
         "lmeval: cleanup done: 2 process(es) ended",
     ]
-    assert read_state(folder / "servers" / "model.json")["stopped"] is True
+    assert read_state(folder / "servers" / "model.json").stopped is True
 
     again = lmeval_runner.run("cleanup", "-w", str(work))
     assert again.popen.returncode == 0, again.transcript()

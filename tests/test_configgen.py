@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from conftest import venv_python
-from helpers_processes import REPO
+from toolkit import REPO
 from lmeval import configgen as cg
 from lmeval.ocrun import opencompass_env
 from lmeval.datasets import UserDataset, load_user_dataset
@@ -44,7 +44,8 @@ def rows(*items: dict) -> str:
     return "".join(json.dumps(item) + "\n" for item in items)
 
 
-QA_ROWS = rows({"question": "What is 2+2?", "answer": "4", "id": 1}, {"question": "Capital of France?", "answer": "Paris", "id": 2})
+QA_ROWS = rows({"question": "What is 2+2?", "answer": "4", "id": 1},
+               {"question": "Capital of France?", "answer": "Paris", "id": 2})
 MC_ROWS = rows({"question": "Pick the second", "A": "one", "B": "two", "C": "three", "answer": "B"},
                {"question": "Pick the first", "A": "x", "B": "y", "C": "z", "answer": "A"})
 
@@ -152,7 +153,8 @@ BAD_FILES = [
      "F:2: column 'C' is not an option of line 1 (A-B); every row must have the same options"),
     ("option not a string", '{"question": "q", "A": 1, "B": "b", "answer": "A"}\n',
      "F:1: column 'A' must be a string, got a number"),
-    ("qa then mc", LINE1 + MC1, "F:2: has option column(s) A, B, but line 1 is a question/answer row; a file holds one kind of row"),
+    ("qa then mc", LINE1 + MC1,
+     "F:2: has option column(s) A, B, but line 1 is a question/answer row; a file holds one kind of row"),
     ("mixed extra column", '{"question": "q", "answer": "a", "id": 1}\n{"question": "q", "answer": "a", "id": "x"}\n',
      "F:2: column 'id': holds a string where a number was seen before (first seen on line 1); "
      "OpenCompass (Arrow) needs one type per column"),
@@ -212,7 +214,8 @@ def test_resolve_datasets_refuses_clashing_names(tmp_path):
         f"dataset name 'IFEval' of {ifeval} is already used by the ifeval dataset of the chat suite; rename the file")
     assert cg.resolve_datasets("chat", "gpqa", [ifeval])[-1].name == "IFEval"  # ifeval not picked: no clash
     group = write(tmp_path / "mmlu_pro.jsonl", QA_ROWS)
-    assert "already used by the mmlu_pro summary of the chat suite" in usage_error(cg.resolve_datasets, "chat", None, [group])
+    assert "already used by the mmlu_pro summary of the chat suite" in usage_error(cg.resolve_datasets, "chat", None,
+                                                                                   [group])
     core = write(tmp_path / "core_average.jsonl", QA_ROWS)
     assert "already used by the chat suite's average" in usage_error(cg.resolve_datasets, "chat", None, [core])
     shard = write(tmp_path / "x_0.jsonl", QA_ROWS)

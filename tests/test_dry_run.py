@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from e2e_support import REPO, SAMPLE_MODELS, lmeval, run_processes, tools
+from toolkit import MODELS, REPO, TOOLS, leftovers
 from lmeval.ocrun import opencompass_env
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
@@ -19,14 +19,14 @@ FAMILIES = {"aime2025": True, "GPQA": True, "IFEval": False, "lcb_code_generatio
             "hle": True}  # dataset name prefix -> scored by the judge
 
 
-def test_chat_dry_run_writes_configs_opencompass_loads(tmp_path, venvs):
+def test_chat_dry_run_writes_configs_opencompass_loads(tmp_path, venvs, lmeval_runner):
     work_dir = tmp_path / "out"
-    result = lmeval(["run", str(SAMPLE_MODELS / "demo-chat"), "--task", "chat", "--gpus", "0",
-                     "--judge-model", str(SAMPLE_MODELS / "demo-judge"), "--judge-gpus", "1,2",
-                     "-w", str(work_dir), "--dry-run", *tools(venvs)])
-    assert result.returncode == 0, result.stderr
+    result = lmeval_runner.run("run", str(MODELS / "demo-chat"), "--task", "chat", "--gpus", "0",
+                               "--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", "1,2",
+                               "-w", str(work_dir), "--dry-run", *TOOLS, work_dir=work_dir)
+    assert result.poll() == 0, result.transcript()
     (run_dir,) = work_dir.iterdir()
-    assert run_processes(work_dir) == []
+    assert leftovers([work_dir]) == []
     assert not (run_dir / "servers").exists()  # nothing was started
     judge_line = next(line for line in result.stdout.splitlines() if line.startswith("judge server (GPUs 1,2): "))
     assert "CUDA_VISIBLE_DEVICES=1,2 " in judge_line and "--tp 2" in judge_line

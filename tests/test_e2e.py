@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from e2e_support import SAMPLE_MODELS, lmeval, make_scenario, score_table, run_processes, tools
+from scenarios import make_scenario
+from toolkit import MODELS, REAL_LMDEPLOY, TOOLS, leftovers, shown_scores
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
@@ -17,60 +18,68 @@ def scenario(tmp_path):
     return make_scenario(tmp_path)
 
 
-def common(scenario, work_dir, venvs) -> list[str]:
-    return [str(SAMPLE_MODELS / "demo-chat"), "--dataset", str(scenario.qa), "--dataset", str(scenario.mc),
-            "--gpus", "0", "--judge-model", str(SAMPLE_MODELS / "demo-judge"), "--judge-gpus", "1",
-            "--judge-tp", "1", "-w", str(work_dir), *tools(venvs)]
+E2E_SECONDS = 600
 
 
-def test_run_scores_exactly_the_answer_key(scenario, tmp_path, venvs):
-    result = lmeval(["run", *common(scenario, tmp_path / "out", venvs)],
-                    env={"STANDIN_ANSWER_KEY": str(scenario.key)})
-    assert result.returncode == 0, result.stderr
-    assert score_table(result.stdout) == {"trivia": 60.0, "choices": 80.0} == scenario.expected
-    assert run_processes(tmp_path / "out") == []
-    run_dir = next((tmp_path / "out").iterdir())
+def common(scenario, work_dir) -> list[str]:
+    return [str(MODELS / "demo-chat"), "--dataset", str(scenario.qa), "--dataset", str(scenario.mc),
+            "--gpus", "0", "--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", "1",
+            "--judge-tp", "1", "-w", str(work_dir), *TOOLS]
+
+
+@pytest.mark.usefixtures("venvs")
+def test_run_scores_exactly_the_answer_key(scenario, tmp_path, lmeval_runner):
+    work_dir = tmp_path / "out"
+    result = lmeval_runner.run("run", *common(scenario, work_dir), work_dir=work_dir, timeout=E2E_SECONDS,
+                               env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key)))
+    assert result.poll() == 0, result.transcript()
+    assert shown_scores(result.stdout) == {"trivia": 60.0, "choices": 80.0} == scenario.expected
+    assert leftovers([work_dir]) == []
+    run_dir = next(work_dir.iterdir())
     manifest = json.loads((run_dir / "lmeval.json").read_text())
     assert manifest["stages"]["infer"]["status"] == manifest["stages"]["eval"]["status"] == "ok"
     assert {(s["dataset"], s["value"]) for s in manifest["scores"]} == {("trivia", 60.0), ("choices", 80.0)}
 
 
-def test_infer_then_judge_reuse_gives_the_same_scores(scenario, tmp_path, venvs):
+@pytest.mark.usefixtures("venvs")
+def test_infer_then_judge_reuse_gives_the_same_scores(scenario, tmp_path, lmeval_runner):
     work_dir = tmp_path / "out"
-    env = {"STANDIN_ANSWER_KEY": str(scenario.key)}
-    infer = lmeval(["infer", *common(scenario, work_dir, venvs)], env=env)
-    assert infer.returncode == 0, infer.stderr
+    env = lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key))
+    infer = lmeval_runner.run("infer", *common(scenario, work_dir), env=env, work_dir=work_dir, timeout=E2E_SECONDS)
+    assert infer.poll() == 0, infer.transcript()
     run_id = infer.stdout.strip()
     assert (work_dir / run_id).is_dir()
     assert f"lmeval judge --reuse {run_id} -w {work_dir}" in infer.stderr
     assert "judge server" not in infer.stderr  # inference alone starts no judge
-    assert run_processes(work_dir) == []
+    assert leftovers([work_dir]) == []
 
-    judge = lmeval(["judge", "--reuse", run_id, "--judge-model", str(SAMPLE_MODELS / "demo-judge"),
-                    "--judge-gpus", "1", "--judge-tp", "1", "-w", str(work_dir), *tools(venvs)], env=env)
-    assert judge.returncode == 0, judge.stderr
+    judge = lmeval_runner.run("judge", "--reuse", run_id, "--judge-model", str(MODELS / "demo-judge"),
+                              "--judge-gpus", "1", "--judge-tp", "1", "-w", str(work_dir), *TOOLS, env=env,
+                              work_dir=work_dir, timeout=E2E_SECONDS)
+    assert judge.poll() == 0, judge.transcript()
     assert "started target server" not in judge.stderr
     assert "started judge server" in judge.stderr
-    assert score_table(judge.stdout) == scenario.expected
-    assert run_processes(work_dir) == []
+    assert shown_scores(judge.stdout) == scenario.expected
+    assert leftovers([work_dir]) == []
 
-    shown = lmeval(["results", run_id, "-w", str(work_dir), "--format", "csv"])
-    assert shown.returncode == 0, shown.stderr
+    shown = lmeval_runner.run("results", run_id, "-w", str(work_dir), "--format", "csv")
+    assert shown.poll() == 0, shown.transcript()
     assert shown.stdout.splitlines() == ["dataset,metric,demo-chat", "trivia,accuracy,60.00", "choices,accuracy,80.00"]
 
 
-def test_replicas_behind_the_real_proxy_share_the_work(scenario, tmp_path, venvs):
+@pytest.mark.usefixtures("venvs")
+def test_replicas_behind_the_real_proxy_share_the_work(scenario, tmp_path, lmeval_runner):
     """Two model and two judge replicas behind LMDeploy's own proxy: same scores, both replicas
     of each role answered, every process gone."""
     work_dir = tmp_path / "out"
-    args = [str(SAMPLE_MODELS / "demo-chat"), "--dataset", str(scenario.qa), "--dataset", str(scenario.mc),
-            "--gpus", "0,1", "--replicas", "2", "--judge-model", str(SAMPLE_MODELS / "demo-judge"),
-            "--judge-gpus", "2,3", "--judge-tp", "1", "--judge-replicas", "2", "-w", str(work_dir), *tools(venvs)]
-    result = lmeval(["run", *args], env={"STANDIN_ANSWER_KEY": str(scenario.key),
-                                        "STANDIN_REAL_LMDEPLOY": str(venvs / "lmdeploy" / "bin" / "lmdeploy")})
-    assert result.returncode == 0, result.stderr
-    assert score_table(result.stdout) == scenario.expected
-    assert run_processes(work_dir) == []
+    args = [str(MODELS / "demo-chat"), "--dataset", str(scenario.qa), "--dataset", str(scenario.mc),
+            "--gpus", "0,1", "--replicas", "2", "--judge-model", str(MODELS / "demo-judge"),
+            "--judge-gpus", "2,3", "--judge-tp", "1", "--judge-replicas", "2", "-w", str(work_dir), *TOOLS]
+    env = lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_REAL_LMDEPLOY=str(REAL_LMDEPLOY))
+    result = lmeval_runner.run("run", *args, env=env, work_dir=work_dir, timeout=E2E_SECONDS)
+    assert result.poll() == 0, result.transcript()
+    assert shown_scores(result.stdout) == scenario.expected
+    assert leftovers([work_dir]) == []
     run_dir = next(work_dir.iterdir())
     for role in ("target", "judge"):
         proxy_log = (run_dir / "servers" / f"{role}-proxy.log").read_text()

@@ -10,41 +10,39 @@ session of their own and ignoring SIGTERM, crashes on demand) and the real OpenC
 - Stale reuse refused, or redone with --redo without losing the old outputs; a run in use
   refused (lock); a run folder never overwritten.
 
-Every test asserts lmeval's own cleanup first; the `reaper` fixture then kills whatever a
+Every test asserts lmeval's own cleanup first; the `lmeval_runner` fixture then kills whatever a
 failed test left, so nothing outlives the session.
 """
 
 from __future__ import annotations
 
 import signal
-import socket
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 import psutil
 import pytest
-from fault_support import (
-    JUDGE_BATCH,
+from scenarios import JUDGE_BATCH, QA_ROWS, ServerWatch, chain_args, make_chain_scenario
+from toolkit import (
     MODELS,
-    QA_ROWS,
     TOOLS,
-    ServerWatch,
-    base_env,
-    chain_args,
     copy_run,
     describe,
-    make_chain_scenario,
+    frozen,
+    health,
     only_run,
     read_json,
+    running,
     score_rows,
     stats,
     tree_digest,
     wait_until,
+    worker_pids,
 )
-from helpers_processes import running, worker_pids
+
+from lmeval import outputs
+from lmeval.readiness import port_open
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
@@ -71,6 +69,9 @@ def test_target_crash_mid_inference_fails_at_once_naming_server_and_log(chain):
     assert "Traceback" not in step.stderr
     assert step.exit_after_death is not None and step.exit_after_death < 5, step.exit_after_death
     assert chain.leftovers_after["target crash"] == []
+    infer = step.manifest["stages"]["infer"]
+    assert (infer["status"], infer["message"]) == ("failed", error_line(step.stderr).removeprefix("lmeval: error: "))
+    assert infer["started"] < infer["ended"]
     manifest = read_json(run_dir / "lmeval.json")
     assert manifest["stages"]["infer"]["status"] == "ok"  # the later resume finished it
     assert read_json(run_dir / "servers" / "target.json")["stopped"] is True
@@ -102,6 +103,10 @@ def test_judge_crash_mid_evaluation_then_reuse_sends_the_unjudged_rest(chain):
     assert "Traceback" not in step.stderr
     assert step.exit_after_death is not None and step.exit_after_death < 5, step.exit_after_death
     assert chain.leftovers_after["judge crash"] == []
+    evaluation = step.manifest["stages"]["eval"]
+    assert (evaluation["status"], evaluation["message"]) == ("failed", error_line(step.stderr).removeprefix(
+        "lmeval: error: "))
+    assert step.manifest["stages"]["infer"]["status"] == "ok" and step.manifest["scores"] == []
     # The judge answers in batches of 8 and OpenCompass saves each finished batch: the first batch
     # is saved unless lmeval stopped OpenCompass (within 0.2 s of the death) before it wrote it;
     # the second died with the judge. Either way the resume sends exactly what was not saved.
@@ -128,6 +133,10 @@ def test_resumed_run_ends_with_the_exact_scores_and_shows_invalid_judge_replies(
         {"dataset": "choices", "metric": "accuracy", "value": float(expected["choices"]),
          "judge_replies": None, "judge_invalid": None},
     ]
+    # Counted once more from the judge's files, through the rows the manifest says they are behind.
+    assert manifest["judge_rows"] == {"trivia": ["trivia"]}
+    assert outputs.judge_replies(chain.run_dir, "demo-chat", manifest["judge_rows"]["trivia"]) == \
+        outputs.JudgeReplies(12, 1)
     shown = chain.results_csv
     assert shown.poll() == 0, shown.transcript()
     assert shown.stdout.splitlines() == [
@@ -161,24 +170,6 @@ def _server_processes(run_dir: Path, roles: list[str]) -> list[psutil.Process]:
     return found
 
 
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _health(port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return None
-
-
 def _state(run_dir: Path, role: str) -> dict:
     return wait_until(lambda: (run_dir / "servers" / f"{role}.json").exists() and read_json(
         run_dir / "servers" / f"{role}.json"), 60, what=f"{role} server state")
@@ -193,21 +184,22 @@ PHASES = ["loading", "health", "inference", "evaluation"]
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("phase", PHASES)
-def test_signal_in_every_phase_stops_everything(phase, sig, chain, reaper, tmp_path):
+def test_signal_in_every_phase_stops_everything(phase, sig, chain, lmeval_runner, tmp_path):
     work_dir = tmp_path / "out"
     scenario = make_chain_scenario(tmp_path / "data")
     key = {"STANDIN_ANSWER_KEY": str(scenario.key)}
     roles = ["target", "judge"]
     if phase == "evaluation":
         run_dir = copy_run(chain.inferred_snapshot, work_dir, "20200101_000000", chain.run_dir)
-        lm = reaper.start(["judge", "--reuse", run_dir.name, "--judge-model", str(MODELS / "demo-judge"),
-                           "--judge-gpus", "2,3", "--judge-tp", "2", "-w", str(work_dir), "--grace", "3", *TOOLS],
-                          base_env(**key, STANDIN_LATENCY_SECONDS="60"), work_dir)
+        lm = lmeval_runner.start("judge", "--reuse", run_dir.name, "--judge-model", str(MODELS / "demo-judge"),
+                                 "--judge-gpus", "2,3", "--judge-tp", "2", "-w", str(work_dir), "--grace", "3", *TOOLS,
+                                 env=lmeval_runner.env(**key, STANDIN_LATENCY_SECONDS="60"), work_dir=work_dir)
         roles = ["judge"]
     else:
         extra = {"loading": {"STANDIN_LOAD_SECONDS": "60"}, "health": {"STANDIN_WARMUP_SECONDS": "60"},
                  "inference": {"STANDIN_LATENCY_SECONDS": "60"}}[phase]
-        lm = reaper.start(_run_args(scenario, work_dir), base_env(**key, **extra), work_dir)
+        lm = lmeval_runner.start(*_run_args(scenario, work_dir), env=lmeval_runner.env(**key, **extra),
+                                 work_dir=work_dir)
         run_dir = wait_until(lambda: next(iter(work_dir.glob("2*")), None), 30, what="the run folder")
 
     states = {role: _state(run_dir, role) for role in roles}
@@ -215,10 +207,10 @@ def test_signal_in_every_phase_stops_everything(phase, sig, chain, reaper, tmp_p
         wait_until(lambda role=role: _both_workers(run_dir, role), 30, what=f"{role} tp workers")
     main = states[roles[0]]
     if phase == "loading":
-        lm.wait_stderr(r"^lmeval: waiting for target server\(s\) to load$")
-        assert not _port_open(main["port"])
+        lm.wait_line(r"lmeval: waiting for target server\(s\) to load")
+        assert not port_open("127.0.0.1", main["port"])
     elif phase == "health":
-        wait_until(lambda: _health(main["port"]) == 503, 30, what="/health 503")
+        wait_until(lambda: health(main["port"]) == 503, 30, what="/health 503")
     else:  # OpenCompass is running and its first requests are out
         wait_until(lambda: (stats(main["port"]) or {}).get("requests", 0) >= 1, 120, what="the first request")
     processes = _server_processes(run_dir, roles)
@@ -236,7 +228,7 @@ def test_signal_in_every_phase_stops_everything(phase, sig, chain, reaper, tmp_p
     assert "Traceback" not in lm.stderr
     assert took < STOP_SECONDS, took
     assert [p.pid for p in processes if running(p)] == []
-    assert describe(reaper.leftovers()) == ""
+    assert describe(lmeval_runner.leftovers()) == ""
     for role in roles:
         assert read_json(run_dir / "servers" / f"{role}.json")["stopped"] is True
     stages = read_json(run_dir / "lmeval.json")["stages"]
@@ -245,11 +237,12 @@ def test_signal_in_every_phase_stops_everything(phase, sig, chain, reaper, tmp_p
         assert stages[stage]["status"] == "interrupted"
 
 
-def test_sigkill_leaves_what_lmeval_cleanup_ends(reaper, tmp_path, venvs):
+@pytest.mark.usefixtures("venvs")
+def test_sigkill_leaves_what_lmeval_cleanup_ends(lmeval_runner, tmp_path):
     work_dir = tmp_path / "out"
     scenario = make_chain_scenario(tmp_path / "data")
-    lm = reaper.start(_run_args(scenario, work_dir),
-                      base_env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_LATENCY_SECONDS="60"), work_dir)
+    lm = lmeval_runner.start(*_run_args(scenario, work_dir), work_dir=work_dir,
+                             env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_LATENCY_SECONDS="60"))
     run_dir = wait_until(lambda: next(iter(work_dir.glob("2*")), None), 30, what="the run folder")
     port = _state(run_dir, "target")["port"]
     wait_until(lambda: (stats(port) or {}).get("requests", 0) >= 1, 120, what="the first request")
@@ -261,17 +254,73 @@ def test_sigkill_leaves_what_lmeval_cleanup_ends(reaper, tmp_path, venvs):
     # The servers' main processes get SIGTERM as lmeval dies; the tp workers stay, as LMDeploy's do.
     # Once the dying main processes are gone, every server process still alive is a leftover.
     def settled() -> list | None:
-        left = reaper.leftovers()
+        left = lmeval_runner.leftovers()
         return left if left and {p.pid for p in servers if running(p)} <= {p.pid for p in left} else None
 
     left = wait_until(settled, 10, what="the leftovers to settle")
     assert len(left) >= 4, describe(left)
 
-    cleanup = reaper.run(["cleanup", "-w", str(work_dir), "--grace", "3"], work_dir=work_dir, timeout=60)
+    cleanup = lmeval_runner.run("cleanup", "-w", str(work_dir), "--grace", "3", work_dir=work_dir)
     assert cleanup.poll() == 0, cleanup.transcript()
     assert cleanup.stderr.splitlines()[-1].startswith("lmeval: cleanup done: ")
-    assert describe(reaper.leftovers()) == ""
+    assert describe(lmeval_runner.leftovers()) == ""
     assert [p.pid for p in servers if running(p)] == []
+
+
+def _sigkill_pending(pid: int) -> bool:
+    """Whether PID has a SIGKILL it cannot act on yet (as a process stuck in a driver call)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    pending = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signal.SIGKILL - 1)) for mask in pending)
+
+
+def test_a_process_that_outlives_sigkill_is_named_and_the_third_ctrl_c_gives_up(lmeval_runner, tmp_path):
+    """A tp worker stuck as in the GPU driver after SIGKILL (frozen: state D until the test thaws
+    it): the second Ctrl-C says what lmeval waits for, the third ends lmeval at once, naming the
+    pid and the cleanup command; `lmeval cleanup` finishes the job once the process can die."""
+    work_dir = tmp_path / "out"
+    scenario = make_chain_scenario(tmp_path / "data")
+    lm = lmeval_runner.start(*_run_args(scenario, work_dir), work_dir=work_dir,
+                             env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_LATENCY_SECONDS="60"))
+    run_dir = wait_until(lambda: next(iter(work_dir.glob("2*")), None), 30, what="the run folder")
+    target = _state(run_dir, "target")
+    wait_until(lambda: (stats(target["port"]) or {}).get("requests", 0) >= 1, 120, what="the first request")
+    wait_until(lambda: _both_workers(run_dir, "judge"), 30, what="judge tp workers")
+    stuck = worker_pids(run_dir / "servers" / "target.log")[1]
+    others = [p for p in _server_processes(run_dir, ["target", "judge"]) if p.pid != stuck]
+    with frozen(stuck):
+        lm.signal(signal.SIGINT)
+        lm.wait_line(r"lmeval: stopped judge server \(3 processes ended\)", 60)
+        wait_until(lambda: _sigkill_pending(stuck), 30, what="lmeval to SIGKILL the stuck worker")
+        lm.signal(signal.SIGINT)
+        lm.wait_line(rf"lmeval: still stopping: waiting \d+ s so far for the target server to end after SIGKILL "
+                     rf"\(pids {stuck}\); press Ctrl-C again to stop waiting and leave them to `lmeval cleanup`", 10)
+        gave_up = lm.signal(signal.SIGINT)
+        code = lm.wait(10)
+        took = lm.ended - gave_up
+        assert code == 130, lm.transcript()
+        assert took < 2, f"lmeval took {took:.2f} s to give up"
+        assert lm.stderr_lines[-3:] == [
+            f"lmeval: stopped waiting for the target server to end after SIGKILL (pids {stuck})",
+            f"lmeval: warning: target server: 2 processes ended; still running after SIGKILL: {stuck} (disk-sleep)",
+            f"lmeval: error: interrupted by Ctrl-C; still running: pid {stuck} (target server); end them with "
+            f"`lmeval cleanup -w {work_dir}` once they can be killed",
+        ], lm.transcript()
+        assert [p.pid for p in others if running(p)] == []
+        assert [p.pid for p in lmeval_runner.leftovers()] == [stuck]
+        manifest = read_json(run_dir / "lmeval.json")
+        assert (manifest["stages"]["infer"]["status"], manifest["stages"]["infer"]["message"]) == \
+            ("interrupted", "interrupted by Ctrl-C")
+        assert read_json(run_dir / "servers" / "target.json")["stopped"] is False  # honest: it was not
+        assert read_json(run_dir / "servers" / "judge.json")["stopped"] is True
+    wait_until(lambda: not lmeval_runner.leftovers(), 10, what="the thawed worker to die of its SIGKILL")
+    cleanup = lmeval_runner.run("cleanup", "-w", str(work_dir), "--grace", "3", work_dir=work_dir)
+    assert cleanup.poll() == 0, cleanup.transcript()
+    assert cleanup.stderr_lines == ["lmeval: nothing to clean up"]
+    assert read_json(run_dir / "servers" / "target.json")["stopped"] is True
 
 
 # ------------------------------------------------------------------ one run, one lmeval
@@ -282,17 +331,18 @@ def _outside_servers(digest: dict[str, str]) -> dict[str, str]:
     return {path: value for path, value in digest.items() if not path.startswith("servers")}
 
 
-def test_a_run_in_use_is_refused(reaper, tmp_path, venvs):
+@pytest.mark.usefixtures("venvs")
+def test_a_run_in_use_is_refused(lmeval_runner, tmp_path):
     work_dir = tmp_path / "out"
     scenario = make_chain_scenario(tmp_path / "data")
-    env = base_env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_LOAD_SECONDS="60")
-    first = reaper.start(["infer", *chain_args(scenario, work_dir)], env, work_dir)
-    first.wait_stderr(r"^lmeval: waiting for target server\(s\) to load$", 60)
+    env = lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_LOAD_SECONDS="60")
+    first = lmeval_runner.start("infer", *chain_args(scenario, work_dir), env=env, work_dir=work_dir)
+    first.wait_line(r"lmeval: waiting for target server\(s\) to load", 60)
     run_dir = only_run(work_dir)
     before = _outside_servers(tree_digest(run_dir))
     for args in (["infer", *chain_args(scenario, work_dir, "--reuse", run_dir.name)],
                  ["infer", *chain_args(scenario, work_dir, "--reuse", run_dir.name, "--dry-run")]):
-        second = reaper.run(args, env, work_dir, timeout=30)
+        second = lmeval_runner.run(*args, env=env, work_dir=work_dir, timeout=30)
         assert second.poll() == 2, second.transcript()
         assert error_line(second.stderr) == (f"lmeval: error: run {run_dir.name} is in use by another lmeval "
                                              f"(pid {first.pid}); wait for it to finish or pick another run")
@@ -300,7 +350,7 @@ def test_a_run_in_use_is_refused(reaper, tmp_path, venvs):
     assert _outside_servers(tree_digest(run_dir)) == before
     first.popen.send_signal(signal.SIGTERM)
     assert first.wait(30) == 130
-    assert describe(reaper.leftovers()) == ""
+    assert describe(lmeval_runner.leftovers()) == ""
 
 
 def test_a_new_run_never_takes_an_existing_folder(tmp_path):
@@ -356,7 +406,7 @@ def _changed_dataset(scenario, folder: Path) -> Path:
     ("fewer datasets", [], "for datasets trivia, choices, not trivia"),
     ("dataset content", [], "from other contents of dataset trivia"),
 ])
-def test_stale_reuse_is_refused_and_changes_nothing(change, extra, message, inferred, reaper, tmp_path):
+def test_stale_reuse_is_refused_and_changes_nothing(change, extra, message, inferred, lmeval_runner, tmp_path):
     run_dir, work_dir, scenario = inferred
     args = chain_args(scenario, work_dir, "--reuse", run_dir.name, *extra)
     if change == "model":
@@ -367,7 +417,7 @@ def test_stale_reuse_is_refused_and_changes_nothing(change, extra, message, infe
         args[2] = str(_changed_dataset(scenario, tmp_path / "changed"))
     before = tree_digest(run_dir)
     started = time.monotonic()
-    refused = reaper.run(["infer", *args], base_env(), work_dir, timeout=30)
+    refused = lmeval_runner.run("infer", *args, work_dir=work_dir, timeout=30)
     assert refused.poll() == 2, refused.transcript()
     assert time.monotonic() - started < 15
     assert error_line(refused.stderr) == (
@@ -378,14 +428,14 @@ def test_stale_reuse_is_refused_and_changes_nothing(change, extra, message, infe
     assert tree_digest(run_dir) == before
 
 
-def test_redo_moves_the_stale_outputs_aside_and_matches_the_resumed_scores(chain, inferred, reaper, tmp_path):
+def test_redo_moves_the_stale_outputs_aside_and_matches_the_resumed_scores(chain, inferred, lmeval_runner):
     run_dir, work_dir, scenario = inferred
     old = {path: path.read_bytes() for path in (run_dir / "predictions").rglob("*") if path.is_file()}
     old_fingerprint = read_json(run_dir / "lmeval.json")["fingerprint"]
     args = ["run", *chain_args(scenario, work_dir, "--reuse", run_dir.name, "--temperature", "0.1", "--redo"),
             "--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", "1", "--judge-tp", "1"]
-    lm = reaper.start(args, base_env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_JUDGE_INVALID="Marlowe"),
-                      work_dir)
+    lm = lmeval_runner.start(*args, work_dir=work_dir,
+                             env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_JUDGE_INVALID="Marlowe"))
     watch = ServerWatch(run_dir, "target")
     code = lm.wait(300)
     seen = watch.stop()
@@ -406,4 +456,4 @@ def test_redo_moves_the_stale_outputs_aside_and_matches_the_resumed_scores(chain
     assert manifest["inputs"]["generation"]["temperature"] == 0.1
     assert [entry["moved_to"] for entry in manifest["stale"]] == [stale[0].name]
     assert manifest["stale"][0]["fingerprint"] == old_fingerprint
-    assert describe(reaper.leftovers()) == ""
+    assert describe(lmeval_runner.leftovers()) == ""

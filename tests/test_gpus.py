@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 
-from lmeval.exceptions import UsageError
-from lmeval.gpus import Gpu, assign, parse_gpu_list
+from lmeval.exceptions import StageFailed, UsageError
+from lmeval.gpus import Gpu, assign, inventory, parse_gpu_list
 
 FREE = [Gpu(i, "H200", 0, 0) for i in range(4)]
 ONE_BUSY = [Gpu(0, "H200", 0, 0), Gpu(1, "H200", 80 << 30, 1), Gpu(2, "H200", 0, 0), Gpu(3, "H200", 0, 0)]
@@ -46,3 +49,27 @@ def test_gpu_list_refusals(text, message):
     with pytest.raises(UsageError) as caught:
         parse_gpu_list(text)
     assert caught.value.message == message
+
+
+def test_a_driver_failing_midway_is_one_clear_error(monkeypatch):
+    """NVML answers, lists GPU 0, then fails on GPU 1 (a GPU fallen off the bus)."""
+    class NVMLError(Exception):
+        pass
+
+    class Memory:
+        used = 0
+
+    def handle(index):
+        if index == 1:
+            raise NVMLError("GPU is lost")
+        return index
+
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=handle, nvmlDeviceGetName=lambda h: "NVIDIA H200",
+        nvmlDeviceGetMemoryInfo=lambda h: Memory(), nvmlDeviceGetComputeRunningProcesses=lambda h: [])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with pytest.raises(StageFailed) as caught:
+        inventory()
+    assert caught.value.message == ("the NVIDIA driver failed while listing GPU 1 (GPU is lost); "
+                                    "check the GPUs with nvidia-smi")

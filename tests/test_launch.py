@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from toolkit import REPO
 
-from lmeval.exceptions import UsageError
+from lmeval.exceptions import ServerFailed, UsageError
 from lmeval.launch import (
     ProxySpec,
+    Server,
     ServerSpec,
+    ServerState,
     check_model,
     check_port_free,
     parse_server_args,
@@ -24,7 +28,6 @@ from lmeval.launch import (
     server_env,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def spec(**overrides) -> ServerSpec:
@@ -47,6 +50,7 @@ def test_argv_with_proxy_registers_there():
     assert argv[-4:] == ["--proxy-url", "http://127.0.0.1:9000", "--api-keys", "sk-secret"]
 
 
+@pytest.mark.lmdeploy
 def test_real_lmdeploy_parser_reads_our_argv(lmdeploy_python):
     argv = server_argv("lmdeploy", spec(proxy_url="http://127.0.0.1:9000",
                                         extra_args=("--max-batch-size", "256", "--backend", "pytorch")))
@@ -63,6 +67,7 @@ def test_real_lmdeploy_parser_reads_our_argv(lmdeploy_python):
     assert parsed["backend"] == "pytorch"
 
 
+@pytest.mark.lmdeploy
 def test_real_lmdeploy_parser_reads_our_proxy_argv(lmdeploy_python):
     argv = proxy_argv("lmdeploy", ProxySpec(role="target-proxy", port=9000, api_key=SecretStr("sk-secret")))
     assert argv == ["lmdeploy", "serve", "proxy", "--server-name", "127.0.0.1", "--server-port", "9000",
@@ -131,3 +136,44 @@ def test_model_paths(tmp_path):
         f"MODEL: model path {tmp_path / 'missing'} does not exist; give a model folder or a hub id like org/name")
     with pytest.raises(UsageError):
         check_model("./org/name")
+
+
+def test_a_port_taken_after_planning_fails_the_start_with_exit_1(tmp_path):
+    """Checked free when planned, taken by another program before the server starts: a stage
+    failure (exit 1), not bad usage, and nothing started."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = Server(spec(port=port), Path("/bin/false"), tmp_path / "servers")
+        with pytest.raises(ServerFailed) as caught:
+            server.start()
+    assert caught.value.exit_code == 1
+    assert caught.value.message == (f"port {port} on 127.0.0.1 was taken after lmeval checked it "
+                                    "(Address already in use); run again (with another port, if you gave one)")
+    assert server.popen is None and not (tmp_path / "servers").exists()
+
+
+STATE = dict(role="target", pid=12, created=1.5, tag="target-abc", owner="9:2.000", host="127.0.0.1", port=5,
+             url="http://127.0.0.1:5", gpus=[0], log="/r/servers/target.log", command="lmdeploy ...", stopped=False)
+
+
+def test_server_state_round_trips_owner_only(tmp_path):
+    path = tmp_path / "servers" / "target.json"
+    ServerState(**STATE).save(path)
+    assert ServerState.load(path) == ServerState(**STATE)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"role": "target"', "not valid JSON: EOF while parsing an object at line 1 column 17"),
+    (json.dumps({**STATE, "port": "five"}),
+     "not one lmeval wrote: port: Input should be a valid integer, unable to parse string as an integer"),
+    (json.dumps({key: value for key, value in STATE.items() if key != "tag"}), "not one lmeval wrote: tag: Field required"),
+])
+def test_an_unreadable_server_state_is_named(tmp_path, content, problem):
+    path = tmp_path / "target.json"
+    path.write_text(content)
+    with pytest.raises(UsageError) as caught:
+        ServerState.load(path)
+    assert caught.value.message == f"server state {path} is {problem}"

@@ -14,8 +14,10 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from conftest import venv_python
-from helpers_processes import REPO
+from toolkit import REPO
 from lmeval.ocrun import opencompass_env
 
 PROBE = r"""
@@ -48,6 +50,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.opencompass
 def test_each_request_thread_has_its_own_client_sharing_one_tls_context():
     tokenizer = REPO / "examples" / "sample" / "models" / "demo-chat"
     done = subprocess.run([str(venv_python("opencompass")), "-c", PROBE, str(tokenizer)], capture_output=True,

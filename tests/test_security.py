@@ -11,23 +11,15 @@ import re
 import signal
 import stat
 import subprocess
-import urllib.error
-import urllib.request
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
+from scenarios import make_chain_scenario
+from toolkit import MODELS, STANDIN, TOOLS, describe, health, lmeval_env, only_run, read_json, shown_scores, wait_until
 
-from fault_support import (
-    MODELS,
-    STANDIN,
-    TOOLS,
-    base_env,
-    describe,
-    make_chain_scenario,
-    only_run,
-    read_json,
-    wait_until,
-)
+from lmeval.launch import OWNER_ENV, free_port
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
@@ -85,12 +77,11 @@ def test_what_lmeval_writes_is_owner_only(chain):
     assert loose == []
 
 
-def test_dry_run_prints_commands_without_the_keys(reaper, tmp_path):
-    scenario = make_chain_scenario(tmp_path / "data")
+def test_dry_run_prints_commands_without_the_keys(lmeval_runner, scenario, tmp_path):
     work_dir = tmp_path / "out"
-    lm = reaper.run(["run", str(MODELS / "demo-chat"), "--dataset", str(scenario.qa), "--gpus", "0",
-                     "--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", "1", "--judge-tp", "1",
-                     "-w", str(work_dir), "--dry-run", *TOOLS], work_dir=work_dir, timeout=60)
+    lm = lmeval_runner.run("run", str(MODELS / "demo-chat"), "--dataset", str(scenario.qa), "--gpus", "0",
+                           "--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", "1", "--judge-tp", "1",
+                           "-w", str(work_dir), "--dry-run", *TOOLS, work_dir=work_dir)
     assert lm.poll() == 0, lm.transcript()
     run_dir = only_run(work_dir)
     keys = set(KEY_PATTERN.findall((run_dir / "lmeval" / "infer_config.py").read_text()))
@@ -104,50 +95,108 @@ def test_dry_run_prints_commands_without_the_keys(reaper, tmp_path):
 
 
 @pytest.fixture
-def external_server(tmp_path):
-    """A stand-in server the user runs, with the key SECRET."""
-    port_probe = __import__("socket").socket()
-    port_probe.bind(("127.0.0.1", 0))
-    port = port_probe.getsockname()[1]
-    port_probe.close()
+def scenario(tmp_path):
+    return make_chain_scenario(tmp_path / "data")
+
+
+@pytest.fixture
+def external_server(tmp_path, scenario):
+    """A stand-in server the user runs, with the key SECRET, answering from the scenario's key."""
+    port = free_port()
     secret = "user-secret-4f7a9c"
-    log = open(tmp_path / "external.log", "wb")
-    server = subprocess.Popen([str(STANDIN), "serve", "api_server", str(MODELS / "demo-chat"), "--server-port",
-                               str(port), "--api-keys", secret], env=base_env(), stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
+    with open(tmp_path / "external.log", "wb") as log:
+        server = subprocess.Popen([str(STANDIN), "serve", "api_server", str(MODELS / "demo-chat"), "--server-port",
+                                   str(port), "--api-keys", secret],
+                                  env=lmeval_env(STANDIN_ANSWER_KEY=str(scenario.key)), stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(healthy, 30, what="the external server")
-        yield f"http://127.0.0.1:{port}", secret
+        wait_until(lambda: health(port) == 200, 30, what="the external server")
+        yield f"http://127.0.0.1:{port}", secret, server.pid
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
-        log.close()
 
 
-def test_a_key_the_user_gives_is_never_echoed(external_server, reaper, tmp_path):
-    url, secret = external_server
-    scenario = make_chain_scenario(tmp_path / "data")
+def test_a_key_the_user_gives_is_never_echoed(external_server, scenario, lmeval_runner, tmp_path):
+    url, secret, _ = external_server
     work_dir = tmp_path / "out"
     base = ["infer", str(MODELS / "demo-chat"), "--dataset", str(scenario.mc), "--api-server", url,
             "-w", str(work_dir), "--dry-run", *TOOLS]
-    for form in (["--api-key", secret], [f"--api-key={secret}"]):
-        lm = reaper.run([*base, *form], work_dir=work_dir, timeout=60)
+    key_file = tmp_path / "key"
+    key_file.write_text(secret + "\n")
+    env_with_key = lmeval_runner.env(LMEVAL_API_KEY=secret)
+    for form, env in ((["--api-key", secret], None), ([f"--api-key={secret}"], None),
+                      (["--api-key-file", str(key_file)], None), ([], env_with_key)):
+        lm = lmeval_runner.run(*base, *form, env=env, work_dir=work_dir)
         assert lm.poll() == 0, lm.transcript()
         assert secret not in lm.stdout + lm.stderr
-    for run_dir in work_dir.iterdir():
+    runs = list(work_dir.iterdir())
+    assert len(runs) == 4
+    for run_dir in runs:
         assert _files_holding(run_dir, [secret]) == {"lmeval/infer_config.py"}
         command = read_json(run_dir / "lmeval.json")["command"]
-        assert "***" in " ".join(command) and secret not in " ".join(command)
-    wrong = reaper.run([*base, "--api-key", "not-the-key"], work_dir=work_dir, timeout=60)
+        assert secret not in " ".join(command)
+    wrong = lmeval_runner.run(*base, "--api-key", "not-the-key", work_dir=work_dir)
     assert wrong.poll() == 2
-    assert wrong.stderr == (f"lmeval: error: --api-server {url} answered /v1/models with HTTP 401; "
-                            "pass its key with the matching --...-key option\n")
-    assert describe(reaper.leftovers()) == ""
+    assert wrong.stderr == (f"lmeval: error: --api-server {url} answered /v1/models with HTTP 401; give its key "
+                            "with --api-key (or --api-key-file, or the environment variable LMEVAL_API_KEY)\n")
+    both = lmeval_runner.run(*base, "--api-key-file", str(key_file), env=env_with_key, work_dir=work_dir)
+    assert both.poll() == 2
+    assert both.stderr == "lmeval: error: --api-key and --api-key-file both give a key; give one\n"
+    empty = tmp_path / "empty-key"
+    empty.write_text("\n")
+    refused = lmeval_runner.run(*base, "--api-key-file", str(empty), work_dir=work_dir)
+    assert refused.poll() == 2
+    assert refused.stderr == f"lmeval: error: --api-key-file {empty} is empty; put the key on its first line\n"
+    assert len(list(work_dir.iterdir())) == 4  # the refusals made no run
+    assert describe(lmeval_runner.leftovers()) == ""
+
+
+def _argv_holding(secret: str) -> set[int]:
+    """Every process whose command line, as /proc shows it to anyone on the machine, holds SECRET."""
+    found = set()
+    for folder in Path("/proc").iterdir():
+        try:
+            if folder.name.isdigit() and secret.encode() in (folder / "cmdline").read_bytes():
+                found.add(int(folder.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_key_from_the_environment_reaches_no_argv(external_server, scenario, lmeval_runner, tmp_path):
+    """LMEVAL_API_KEY=... lmeval run ... --api-server URL: scored against the keyed server, while
+    no process lmeval starts (OpenCompass and its tasks) carries the key in its command line."""
+    url, secret, server_pid = external_server
+    work_dir = tmp_path / "out"
+    lm = lmeval_runner.start("run", str(MODELS / "demo-chat"), "--dataset", str(scenario.mc), "--api-server", url,
+                             "-w", str(work_dir), *TOOLS, env=lmeval_runner.env(LMEVAL_API_KEY=secret),
+                             work_dir=work_dir)
+    holding: set[int] = set()
+    children: set[int] = set()  # processes lmeval started, seen while it ran
+    done = threading.Event()
+
+    def scan() -> None:
+        while not done.is_set():
+            holding.update(_argv_holding(secret))
+            children.update(p.pid for p in psutil.process_iter()
+                            if _owner_of(p).split(":")[0] == str(lm.pid))
+            done.wait(0.05)
+
+    scanner = threading.Thread(target=scan, daemon=True)
+    scanner.start()
+    code = lm.wait(300)
+    done.set()
+    scanner.join(10)
+    assert code == 0, lm.transcript()
+    assert shown_scores(lm.stdout) == {"choices": float(scenario.expected["choices"])}
+    assert len(children) >= 2, children  # OpenCompass and its inference task at least
+    assert holding == {server_pid}, holding  # only the server the user started has it
+    assert secret not in lm.stdout + lm.stderr
+
+
+def _owner_of(process: psutil.Process) -> str:
+    try:
+        return process.environ().get(OWNER_ENV, "")
+    except psutil.Error:
+        return ""

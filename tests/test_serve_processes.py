@@ -18,17 +18,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers_processes import (
-    STANDIN,
-    free_port,
-    no_driver_warning,
-    read_state,
-    running,
-    serve_folder,
-    tagged,
-    wait_until,
-    worker_pids,
-)
+from toolkit import STANDIN, no_driver_warning, read_state, running, serve_folder, tagged, wait_until, worker_pids
+
+from lmeval.launch import free_port
 
 pytestmark = pytest.mark.processes
 
@@ -62,9 +54,9 @@ def ready_lines(model: Path, port: int, folder: Path) -> list[str]:
 def server_processes(lm, log: Path, workers: int = 2) -> dict[str, psutil.Process]:
     """The server's main process and its workers, captured while they run (pid reuse safe)."""
     state = read_state(log.with_suffix(".json"))
-    found = {"server": psutil.Process(state["pid"])}
-    pids = wait_until(lambda: len(worker_pids(log)) == workers and worker_pids(log), 30)
-    assert pids, f"the stand-in logged no {workers} workers\n{log.read_text()}"
+    found = {"server": psutil.Process(state.pid)}
+    pids = wait_until(lambda: len(worker_pids(log)) == workers and worker_pids(log), 30,
+                      what=f"the stand-in to log {workers} workers")
     found.update({f"worker {k}": psutil.Process(pid) for k, pid in pids.items()})
     owned = {p.pid for p in tagged([lm.pid])}
     assert owned == {p.pid for p in found.values()}, (owned, found)
@@ -145,7 +137,7 @@ def test_serve_ready_then_ctrl_c_stops_everything(lmeval_runner, model, tmp_path
     for where, text in [("stdout", "\n".join(lm.stdout_lines)), ("stderr", "\n".join(lm.stderr_lines)),
                         ("server log", log.read_text()), ("state file", state_file.read_text())]:
         assert key not in text, f"API key in {where}"
-    assert read_state(state_file)["stopped"] is True
+    assert read_state(state_file).stopped is True
     for path in (log, state_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
@@ -209,7 +201,7 @@ def test_crash_during_load_fails_at_once_with_the_log(lmeval_runner, model, tmp_
     log = folder / "servers" / "model.log"
     processes = server_processes(lm, log)
     server = processes["server"]
-    assert wait_until(lambda: not running(server), 30, interval=0.005), "the stand-in did not crash"
+    wait_until(lambda: not running(server), 30, interval=0.005, what="the stand-in to crash")
     crashed = time.monotonic()
 
     code = lm.wait(timeout=30)

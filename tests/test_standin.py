@@ -26,7 +26,10 @@ FLAGS_FILE = STANDIN_DIR / 'api_server_flags_0.18.txt'
 sys.path.insert(0, str(STANDIN_DIR))
 
 import standin_server as ss  # noqa: E402
-from helpers_processes import free_port, wait_until  # noqa: E402
+from toolkit import wait_until  # noqa: E402
+
+from lmeval.launch import free_port  # noqa: E402
+from lmeval.readiness import port_open  # noqa: E402
 
 pytestmark = pytest.mark.processes
 
@@ -48,7 +51,7 @@ GRADER_TEMPLATE = """
     <Predicted Answer Begin>: \n{prediction}\n<Predicted End>\n\n
 
     Judging the correctness of candidates' answers:
-""".strip()
+""".strip()  # noqa: E501 - verbatim
 
 # the "academic" variant (opencompass/configs/datasets/gpqa/gpqa_cascade_eval_academic.py)
 ACADEMIC_TEMPLATE = """<Original Question Begin>:
@@ -60,18 +63,12 @@ ACADEMIC_TEMPLATE = """<Original Question Begin>:
 <Candidate's Answer Begin>: 
 {prediction}
 <Candidate's Answer End>
-Judging the correctness of the candidate's answer:"""
+Judging the correctness of the candidate's answer:"""  # noqa: W291 - verbatim
 
 
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(('127.0.0.1', port)) == 0
-
-
 def alive(pid: int) -> bool:
     """True if pid exists and is not a zombie."""
     try:
@@ -204,7 +201,7 @@ def test_bind_after_load_then_503_then_200(launch):
     s = launch(env={'STANDIN_LOAD_SECONDS': '0.8', 'STANDIN_WARMUP_SECONDS': '0.6'}, wait=False)
     time.sleep(0.3)
     assert s.popen.poll() is None
-    assert not port_open(s.port), 'port must not be bound while loading'
+    assert not port_open('127.0.0.1', s.port), 'port must not be bound while loading'
     assert 'Uvicorn running' not in s.stderr
 
     seen: list[tuple[float, int]] = []
@@ -256,7 +253,7 @@ def test_crash_during_load(launch):
     assert 'Traceback (most recent call last):' in err
     assert err.rstrip().endswith('RuntimeError: CUDA out of memory (stand-in)')
     assert 'Uvicorn running' not in err
-    assert not port_open(s.port)
+    assert not port_open('127.0.0.1', s.port)
 
 
 # ---------------------------------------------------------------------------
@@ -481,7 +478,7 @@ def test_sigint_graceful_exit_0(launch):
     s.popen.send_signal(signal.SIGINT)
     assert s.popen.wait(timeout=10) == 0
     assert 'Finished server process' in s.stderr
-    assert not port_open(s.port)
+    assert not port_open('127.0.0.1', s.port)
 
 
 # ---------------------------------------------------------------------------
@@ -495,6 +492,15 @@ def test_flag_table_matches_real_parser():
     table = real_flag_table()
     assert len(table) > 70 and '--server-port 1 type=int' in table and '--api-keys * type=str' in table
     assert ss.describe_parser(ss.api_server_parser()) == table
+
+
+@pytest.mark.lmdeploy
+def test_flag_table_is_the_installed_lmdeploy_parser(lmdeploy_python):
+    """The table the stand-in's parser is checked against is what the real parser has now."""
+    done = subprocess.run([str(lmdeploy_python), str(STANDIN_DIR / 'dump_flags.py')], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == FLAGS_FILE.read_text().splitlines()
 
 
 def sample_argv(port: int, proxy_url: str) -> list[str]:
@@ -573,7 +579,7 @@ def test_registers_with_proxy_before_binding(launch):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
             received.append({'path': self.path, 'body': body, 'content_type': self.headers['Content-Type'],
-                             'node_port_open': port_open(node_port)})
+                             'node_port_open': port_open('127.0.0.1', node_port)})
             data = b'"Added successfully"'
             self.send_response(200)
             self.send_header('Content-Type', 'application/json')

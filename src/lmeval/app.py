@@ -1,17 +1,34 @@
-"""The application object commands run against: output, and the one way out with an error."""
+"""The application object commands run against: output, what stopping left running, and the one
+way out with an error."""
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import NoReturn
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 
-from lmeval.exceptions import EXIT_INTERRUPTED, LmevalError
-from lmeval.signals import Terminated, shielded, terminate_as_interrupt
+from lmeval.exceptions import EXIT_INTERRUPTED, EXIT_STAGE_FAILED, LmevalError
+from lmeval.signals import interrupt_name, interrupts_handled, shielded
+
+if TYPE_CHECKING:
+    from lmeval.launch import Stopped
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A process lmeval started and could not end (yet): a stop's deadline passed, or the user
+    stopped the waiting."""
+
+    pid: int
+    what: str  # "the target server"
+    work_dir: Path  # where `lmeval cleanup -w` finds it
 
 
 class Application:
@@ -19,6 +36,7 @@ class Application:
         self.debug = debug
         self.out = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.leftovers: list[Leftover] = []
 
     def info(self, text: str) -> None:
         """A progress line on stderr, so stdout carries only results."""
@@ -32,6 +50,21 @@ class Application:
         with shielded():
             self.err.print(text, markup=False)
 
+    def stopped(self, what: str, stopped: Stopped, work_dir: Path) -> None:
+        """Say what a stop really ended, and keep what it could not for the last line."""
+        if not stopped.left:
+            self.info(f"stopped {what} ({stopped.ended} processes ended)")
+            return
+        self.leftovers += [Leftover(pid, what, work_dir) for pid, _state in stopped.left]
+        listing = ", ".join(f"{pid} ({state})" for pid, state in stopped.left)
+        self.warn(f"{what}: {stopped.ended} processes ended; still running after SIGKILL: {listing}")
+
+    def leftover_text(self) -> str:
+        """`still running: pid 12 (the target server); end them with `lmeval cleanup -w DIR` ...`"""
+        pids = ", ".join(f"pid {item.pid} ({item.what})" for item in self.leftovers)
+        folders = " and ".join(dict.fromkeys(f"`lmeval cleanup -w {item.work_dir}`" for item in self.leftovers))
+        return f"still running: {pids}; end them with {folders} once they can be killed"
+
     def abort(self, text: str, code: int, detail: str = "") -> NoReturn:
         self.err.print(f"lmeval: error: {text}", markup=False)
         if detail:
@@ -39,25 +72,34 @@ class Application:
         raise typer.Exit(code)
 
     def run(self, command: Callable[..., int | None], *args, **kwargs) -> None:
-        """Run COMMAND with SIGTERM treated as Ctrl-C, mapping failures to exit codes."""
+        """Run COMMAND with Ctrl-C and SIGTERM counted (lmeval.signals) until lmeval's last line
+        is out, mapping failures to exit codes. Everything lmeval and its children write is the
+        owner's alone."""
+        os.umask(0o077)
+        with interrupts_handled(notify=self.info):
+            code = self._exit_code(command, *args, **kwargs)
+        if code:
+            raise typer.Exit(code)
+
+    def _exit_code(self, command: Callable[..., int | None], *args, **kwargs) -> int | None:
         try:
-            with terminate_as_interrupt():
-                code = command(self, *args, **kwargs)
+            code = command(self, *args, **kwargs)
         except LmevalError as error:
             if self.debug:
                 traceback.print_exc(file=sys.stderr)
-            self.abort(error.message, error.exit_code, error.detail if self.debug or error.exit_code != 2 else "")
+            message = f"{error.message}; {self.leftover_text()}" if self.leftovers else error.message
+            self.abort(message, error.exit_code, error.detail if self.debug or error.exit_code != 2 else "")
         except KeyboardInterrupt as error:
             if self.debug:
                 traceback.print_exc(file=sys.stderr)
-            signal_name = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
-            self.abort(f"interrupted by {signal_name}; every server lmeval started has been stopped",
-                       EXIT_INTERRUPTED)
+            outcome = self.leftover_text() if self.leftovers else "every server lmeval started has been stopped"
+            self.abort(f"interrupted by {interrupt_name(error)}; {outcome}", EXIT_INTERRUPTED)
         except (typer.Exit, typer.Abort):
             raise
         except Exception as error:  # a bug: say so in one line, the traceback only with --debug
             if self.debug:
                 raise
             self.abort(f"internal error: {type(error).__name__}: {error}; rerun with --debug for the traceback", 1)
-        if code:
-            raise typer.Exit(code)
+        if self.leftovers:
+            self.abort(f"the command finished, but {self.leftover_text()}", EXIT_STAGE_FAILED)
+        return code

@@ -53,7 +53,7 @@ from lmeval.exceptions import UsageError
 __all__ = [
     "CHAT_SUITE", "CORE_AVERAGE", "DatasetRef", "GRADER_TEMPLATE", "Generation", "JUDGE_GENERATION",
     "ConfigPlan", "SUITES", "ServedModel", "Stage", "SuiteDataset", "TARGET_GENERATION", "TaskRow",
-    "UserDataset", "check_plan", "dataset_abbrs", "judge_threads", "needs_judge", "py_str", "render_config",
+    "UserDataset", "check_plan", "dataset_abbrs", "judge_threads", "judged_rows", "needs_judge", "py_str", "render_config",
     "resolve_datasets", "select_suite", "task_rows",
 ]
 
@@ -251,6 +251,22 @@ def _abbrs(item: DatasetRef) -> tuple[str, ...]:
 def dataset_abbrs(datasets: Iterable[DatasetRef]) -> list[str]:
     """The dataset names OpenCompass's predictions and results will carry, in config order."""
     return [abbr for item in datasets for abbr in _abbrs(item)]
+
+
+def judged_rows(datasets: Iterable[DatasetRef]) -> dict[str, list[str]]:
+    """Each summary row the judge scores, with the datasets whose judge replies are behind it:
+    a dataset's own row, or a group's (mmlu_pro: its 14 datasets)."""
+    rows: dict[str, list[str]] = {}
+    for item in datasets:
+        if not item.needs_judge:
+            continue
+        for abbr in _abbrs(item):
+            rows[abbr] = [abbr]
+        if isinstance(item, SuiteDataset):
+            for group, _metric in item.summary:
+                if group not in item.abbrs:
+                    rows[group] = list(item.abbrs)
+    return rows
 
 
 def needs_judge(datasets: Iterable[DatasetRef]) -> bool:
@@ -466,7 +482,7 @@ GRADER_TEMPLATE = """
     <Predicted Answer Begin>: \n{prediction}\n<Predicted End>\n\n
     
     Judging the correctness of candidates' answers:
-""".strip()  # noqa: W291, W293 - trailing spaces are part of OpenCompass's wording
+""".strip()  # noqa: W291, W293, E501 - OpenCompass's wording, trailing spaces included
 
 
 def mc_prompt(options: Sequence[str]) -> str:
@@ -540,14 +556,14 @@ def _model(plan: ConfigPlan, imports: _Imports) -> dict[str, Any]:
 def judge_threads(plan: ConfigPlan) -> int:
     """The judge's threads per eval task: in_flight shared by the judged tasks that can run at once
     (eval_workers of them at most), so together they never exceed in_flight."""
-    assert plan.judge is not None
+    if plan.judge is None:
+        raise ValueError("judge_threads needs a plan with a judge")
     judged = sum(len(_abbrs(item)) for item in plan.datasets if item.needs_judge)
     return max(1, plan.judge.in_flight // max(1, min(plan.eval_workers, judged)))
 
 
 def _judge(plan: ConfigPlan, imports: _Imports) -> dict[str, Any]:
     judge, gen = plan.judge, plan.judge_generation
-    assert judge is not None
     threads = judge_threads(plan)
     return dict(
         abbr="judge",
@@ -735,5 +751,6 @@ def render_config(stage: Stage, plan: ConfigPlan) -> str:
     body.append(f"\n{stage} = " + py_value(stage_cfg) + "\n")
     text = "".join(parts) + imports.text() + "".join(body)
     # No brace anywhere: mmengine's raw-text `{{ }}` substitutions have nothing to match.
-    assert "{" not in text and "}" not in text, "config text must hold no braces"
+    if "{" in text or "}" in text:
+        raise ValueError("a config must hold no braces: py_str escapes every one, so this is a bug")
     return text

@@ -1,12 +1,12 @@
 """Every failure a user can hit, each with the exit code it ends lmeval with.
 
 The CLI turns any `LmevalError` into one line on stderr and its exit code; anything else is a
-bug and keeps its traceback (shown with --debug).
+bug and keeps its traceback (shown with --debug). Ctrl-C and SIGTERM end lmeval with
+EXIT_INTERRUPTED once everything it started is stopped (lmeval.signals, lmeval.app).
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_STAGE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -37,9 +37,3 @@ class StageFailed(LmevalError):
 
 class ServerFailed(StageFailed):
     """A server exited, never became ready, or is not ours."""
-
-
-class Interrupted(LmevalError):
-    """Ctrl-C or SIGTERM reached lmeval; everything it started has been stopped."""
-
-    exit_code = EXIT_INTERRUPTED

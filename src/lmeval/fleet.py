@@ -102,10 +102,7 @@ def plan_server_set(
     if port is not None:
         if port in avoid_ports:
             raise UsageError(f"--{option_prefix}port {port} is already another server's; pick another")
-        try:
-            check_port_free(host, port)
-        except UsageError as error:  # name the option the user gave
-            raise UsageError(error.message.replace("--port", f"--{option_prefix}port")) from None
+        check_port_free(host, port, f"--{option_prefix}port")
     used = set(avoid_ports) | ({port} if port is not None else set())
 
     def fresh_port() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from lmeval.exceptions import UsageError
+from lmeval.exceptions import StageFailed, UsageError
 
 # A GPU with less than this much memory in use and no compute process counts as free.
 BUSY_MEMORY_BYTES = 1 << 30
@@ -24,7 +24,8 @@ class Gpu:
 
 
 def inventory() -> list[Gpu] | None:
-    """The machine's GPUs, or None where no NVIDIA driver answers (as on CPU-only machines)."""
+    """The machine's GPUs, or None where no NVIDIA driver answers (as on CPU-only machines).
+    A driver that fails midway is a StageFailed: lmeval cannot tell which GPUs are free."""
     try:
         import pynvml
     except ImportError:
@@ -33,17 +34,20 @@ def inventory() -> list[Gpu] | None:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
         return None
+    gpus: list[Gpu] = []
     try:
-        gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             name = pynvml.nvmlDeviceGetName(handle)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
             gpus.append(Gpu(index, str(name), int(memory.used), len(processes)))
-        return gpus
+    except pynvml.NVMLError as error:  # a driver that answers, then fails (a GPU fallen off the bus)
+        raise StageFailed(f"the NVIDIA driver failed while listing GPU {len(gpus)} ({error}); "
+                          "check the GPUs with nvidia-smi") from None
     finally:
         pynvml.nvmlShutdown()
+    return gpus
 
 
 @functools.cache

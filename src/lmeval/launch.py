@@ -9,7 +9,6 @@ them all even after their parent died.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import secrets
@@ -17,24 +16,27 @@ import shlex
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
+from lmeval import signals
 from lmeval.exceptions import ServerFailed, UsageError
-from lmeval.files import write_private
-from lmeval.signals import shielded
+from lmeval.files import log_tail, write_private
 
 TAG_ENV = "LMEVAL_TAG"  # unique per server; inherited by all its descendants
 OWNER_ENV = "LMEVAL_OWNER"  # "pid:create_time" of the lmeval process that owns the server
 RUN_ENV = "LMEVAL_RUN_ID"
 REDACTED = "***"
 LOG_TAIL_LINES = 20
-KILL_POLL_SECONDS = 0.01
+# After SIGKILL, how long a stop waits for the processes to end: on a GPU a killed process can
+# sit in the driver (state D) while its memory is released. Then lmeval says what is left.
+KILL_WAIT_SECONDS = 30.0
 
 # Flags lmeval sets itself; in --server-args they would silently fight lmeval's own.
 OWNED_FLAGS = {
@@ -191,22 +193,29 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Refuse a taken port now: LMDeploy would only find out after loading the whole model."""
+def port_taken(host: str, port: int) -> str | None:
+    """Why PORT on HOST cannot be bound now (LMDeploy would find out only after loading the
+    whole model), or None when it is free."""
     with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             sock.bind((host, port))
         except OSError as error:
-            raise UsageError(
-                f"port {port} on {host} is taken ({error.strerror}); pick another --port or leave it out"
-            ) from None
+            return error.strerror or str(error)
+    return None
+
+
+def check_port_free(host: str, port: int, option: str = "--port") -> None:
+    """Refuse a taken port before anything starts."""
+    reason = port_taken(host, port)
+    if reason:
+        raise UsageError(f"port {port} on {host} is taken ({reason}); pick another {option} or leave it out")
 
 
 # ---------------------------------------------------------------- processes
@@ -242,32 +251,106 @@ def tagged_processes(match) -> list[psutil.Process]:
     return found
 
 
-def end_processes(processes: Iterable[psutil.Process], timeout: float = 5.0) -> list[psutil.Process]:
-    """SIGKILL PROCESSES and wait until each has ended; return those that were alive.
+@dataclass(frozen=True)
+class Stopped:
+    """What one stop really did: how many processes ended, and which still ran at its end."""
+
+    ended: int
+    left: tuple[tuple[int, str], ...] = ()  # (pid, state), e.g. (1234, "disk-sleep")
+
+
+def _pids(processes: Iterable[psutil.Process]) -> str:
+    return ", ".join(str(process.pid) for process in processes)
+
+
+def end_processes(processes: Iterable[psutil.Process], what: str,
+                  timeout: float = KILL_WAIT_SECONDS) -> list[psutil.Process]:
+    """SIGKILL PROCESSES and wait up to TIMEOUT seconds until each has ended; return those
+    still running then (a process stuck in the GPU driver outlives SIGKILL for a while).
 
     Ended means gone or a zombie: an orphan's zombie waits for init to reap it, which can take
     a second or more, yet it holds no memory, GPU or port any more."""
-    alive = []
-    for process in processes:
+    killed = []
+    for process in running(processes).values():
         try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                continue
             process.kill()
-            alive.append(process)
         except psutil.NoSuchProcess:
-            pass
-    deadline = time.monotonic() + timeout
-    while running(alive) and time.monotonic() < deadline:
-        time.sleep(KILL_POLL_SECONDS)
-    return alive
+            continue
+        killed.append(process)
+    signals.wait(lambda: not running(killed), timeout,
+                 lambda: f"{what} to end after SIGKILL (pids {_pids(running(killed).values())})")
+    return list(running(killed).values())
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def _state_of(process: psutil.Process) -> str:
     try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        text = ""
-    return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
+        return process.status()
+    except psutil.Error:
+        return "gone"
+
+
+def terminate(leader: psutil.Process | None, tag: str, grace: float, what: str) -> Stopped:
+    """Stop a server's whole tree: LEADER and descendants, plus anything carrying TAG. WHAT
+    names them to the user ("the target server").
+
+    Descendants are listed before any signal (once the leader dies they are orphans). The
+    leader's group gets SIGTERM so LMDeploy can shut down cleanly; once the leader has exited,
+    or after GRACE seconds, whatever remains - workers that ignore SIGTERM, workers in sessions
+    of their own - is killed. Every wait has a deadline; Ctrl-C is held off throughout.
+    """
+    def tagged() -> dict[int, psutil.Process]:
+        return running(tagged_processes(lambda found, owner: found == tag))
+
+    with signals.shielded():
+        known = running(process_tree(leader)) if leader else {}
+        known.update(tagged())
+        if leader is not None:
+            try:
+                os.killpg(leader.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            signals.wait(lambda: not running([leader]), grace,
+                         lambda: f"{what} to exit after SIGTERM (pid {leader.pid}; SIGKILL after {grace:g} s)")
+        known.update(tagged())
+        left = end_processes(known.values(), what)
+        return Stopped(ended=len(known) - len(left),
+                       left=tuple((process.pid, _state_of(process)) for process in left))
+
+
+class ServerState(BaseModel):
+    """`{run}/servers/{role}.json`: what `lmeval cleanup` needs to find a server lmeval started,
+    after the lmeval that started it was killed outright."""
+
+    role: str
+    pid: int | None
+    created: float  # the process's start time: tells a reused pid apart
+    tag: str
+    owner: str  # "pid:start time" of the lmeval that started it
+    host: str
+    port: int
+    url: str
+    gpus: list[int] = []
+    log: str
+    command: str  # redacted
+    stopped: bool  # true once every process of it has ended
+
+    def save(self, path: Path) -> None:
+        write_private(path, self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> ServerState:
+        """The state at PATH; UsageError naming the file when it cannot be read."""
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except OSError as error:
+            raise UsageError(f"cannot read server state {path} ({error.strerror or error})") from None
+        except ValidationError as error:
+            problem = error.errors()[0]
+            if problem["type"] == "json_invalid":
+                reason = f"not valid JSON: {problem['ctx'].get('error', problem['msg'])}"
+            else:
+                reason = f"not one lmeval wrote: {'.'.join(map(str, problem['loc']))}: {problem['msg']}"
+            raise UsageError(f"server state {path} is {reason}") from None
 
 
 class Server:
@@ -285,12 +368,21 @@ class Server:
         self.created = 0.0
 
     @property
+    def name(self) -> str:
+        """How messages name it: `target server`."""
+        return f"{self.spec.role} server"
+
+    @property
     def command(self) -> str:
         """The command line with the key hidden: safe to print, log and store."""
         return shlex.join(redact(self.argv, [self.spec.api_key.get_secret_value()]))
 
     def start(self, base_env: dict[str, str] | None = None) -> None:
-        check_port_free(self.spec.host, self.spec.port)
+        # Checked when planned; another program may have taken it since.
+        reason = port_taken(self.spec.host, self.spec.port)
+        if reason:
+            raise ServerFailed(f"port {self.spec.port} on {self.spec.host} was taken after lmeval checked it "
+                               f"({reason}); run again (with another port, if you gave one)")
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = server_env(self.spec, dict(os.environ if base_env is None else base_env),
                          self.tag, owner_token(), self.run_id)
@@ -298,36 +390,26 @@ class Server:
             os.chmod(self.log_path, 0o600)
             self.popen = subprocess.Popen(
                 self.argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=prepare_child,
+                start_new_session=True, preexec_fn=prepare_child,  # noqa: PLW1509 - umask and prctl only
             )
         self.created = psutil.Process(self.popen.pid).create_time()
-        self._write_state(stopped=False)
+        self.save_state(stopped=False)
 
-    def _write_state(self, stopped: bool) -> None:
-        state = {
-            "role": self.spec.role,
-            "pid": self.popen.pid if self.popen else None,
-            "pgid": self.popen.pid if self.popen else None,
-            "created": self.created,
-            "tag": self.tag,
-            "owner": owner_token(),
-            "host": self.spec.host,
-            "port": self.spec.port,
-            "url": self.spec.url,
-            "gpus": list(self.spec.gpus),
-            "log": str(self.log_path),
-            "command": self.command,
-            "stopped": stopped,
-        }
-        write_private(self.state_path, json.dumps(state, indent=2))
+    def save_state(self, stopped: bool) -> None:
+        ServerState(
+            role=self.spec.role, pid=self.popen.pid if self.popen else None, created=self.created, tag=self.tag,
+            owner=owner_token(), host=self.spec.host, port=self.spec.port, url=self.spec.url,
+            gpus=list(self.spec.gpus), log=str(self.log_path), command=self.command, stopped=stopped,
+        ).save(self.state_path)
 
     def exit_code(self) -> int | None:
         return None if self.popen is None else self.popen.poll()
 
     def failure(self, what: str) -> ServerFailed:
         """A ServerFailed naming the server, its log tail and how to reproduce it."""
-        detail = f"log {self.log_path}, last lines:\n{log_tail(self.log_path)}\nreproduce with: {self.command}"
-        return ServerFailed(f"{self.spec.role} server {what}; see {self.log_path}", detail)
+        detail = (f"log {self.log_path}, last lines:\n{log_tail(self.log_path, LOG_TAIL_LINES)}\n"
+                  f"reproduce with: {self.command}")
+        return ServerFailed(f"{self.name} {what}; see {self.log_path}", detail)
 
     def check_alive(self) -> None:
         code = self.exit_code()
@@ -355,15 +437,13 @@ class Server:
         leader = self._leader()
         return process_tree(leader) if leader else []
 
-    def stop(self, grace: float = 10.0) -> int:
-        """End the server and every process it spawned; return how many processes were ended.
-        The tag finds them even if start() was cut short before it kept the Popen."""
-        ended = terminate(self._leader(), self.tag, grace)
-        if self.popen is None:
-            return ended
-        self.popen.wait()
-        self._write_state(stopped=True)
-        return ended
+    def stop(self, grace: float = 10.0) -> Stopped:
+        """End the server and every process it spawned, within deadlines. The tag finds them
+        even if start() was cut short before it kept the Popen. Writes no file: see save_state."""
+        stopped = terminate(self._leader(), self.tag, grace, f"the {self.name}")
+        if self.popen is not None:
+            self.popen.poll()  # reap the leader if it ended; never block on one that did not
+        return stopped
 
 
 def live_process(pid: int, created: float) -> psutil.Process | None:
@@ -394,62 +474,68 @@ def running(processes: Iterable[psutil.Process]) -> dict[int, psutil.Process]:
     return found
 
 
-def terminate(leader: psutil.Process | None, tag: str, grace: float) -> int:
-    """Stop a server's whole tree: LEADER and descendants, plus anything carrying TAG.
+class StopReport(Protocol):
+    """Where a stop's outcome goes (the Application): a line, and what is still running."""
 
-    Descendants are listed before any signal (once the leader dies they are orphans). The
-    leader's group gets SIGTERM so LMDeploy can shut down cleanly; once the leader has exited,
-    or after GRACE seconds, whatever remains - workers that ignore SIGTERM, workers in sessions
-    of their own - is killed. Returns the number of processes ended.
-    """
-    def tagged() -> dict[int, psutil.Process]:
-        return running(tagged_processes(lambda found, owner: found == tag))
+    def info(self, text: str) -> None: ...
 
-    known = running(process_tree(leader)) if leader else {}
-    known.update(tagged())
-    if leader is not None:
-        try:
-            os.killpg(leader.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-        psutil.wait_procs([leader], timeout=grace)
-    known.update(tagged())
-    end_processes(known.values())
-    return len(known)
+    def warn(self, text: str) -> None: ...
+
+    def stopped(self, what: str, stopped: Stopped, work_dir: Path) -> None: ...
 
 
 class ServerGroup:
     """The servers of one lmeval command. Leaving the block stops every one, whatever happened."""
 
-    def __init__(self, lmdeploy: Path, folder: Path, run_id: str = "", grace: float = 10.0,
-                 notify=lambda text: None) -> None:
+    def __init__(self, lmdeploy: Path, folder: Path, report: StopReport, run_id: str = "",
+                 grace: float = 10.0) -> None:
         self.lmdeploy = lmdeploy
         self.folder = folder
         self.run_id = run_id
         self.grace = grace
-        self.notify = notify
+        self.report = report
         self.servers: list[Server] = []
+
+    @property
+    def work_dir(self) -> Path:
+        """Where `lmeval cleanup -w` finds these servers' state: WORK_DIR/RUN/servers/."""
+        return self.folder.parent.parent
 
     def start(self, spec: ListenerSpec) -> Server:
         server = Server(spec, self.lmdeploy, self.folder, self.run_id)
         self.servers.append(server)
         server.start()
         gpus = f"GPUs {_gpu_text(spec.gpus)}" if spec.gpus else "no GPU"
-        self.notify(f"started {spec.role} server on {gpus}, port {spec.port}: {server.command}")
+        self.report.info(f"started {server.name} on {gpus}, port {spec.port}: {server.command}")
         return server
 
     def stop(self, server: Server) -> None:
-        with shielded():
-            ended = server.stop(self.grace)
+        """Stop SERVER and say what really ended; its state file records whether all did."""
+        with signals.shielded():
             self.servers.remove(server)
-            self.notify(f"stopped {server.spec.role} server ({ended} processes ended)")
+            stopped = server.stop(self.grace)
+            self.report.stopped(server.name, stopped, self.work_dir)
+            if server.popen is not None:
+                server.save_state(stopped=not stopped.left)
 
     def __enter__(self) -> ServerGroup:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        """Stop every server, whatever stopping one of them raises. Then raise the first
+        problem (an interrupt before others), unless an error is on its way out already: that
+        one says what went wrong, and the problems of the stop are shown beside it."""
+        problems: list[BaseException] = []
         for server in reversed(list(self.servers)):
-            self.stop(server)
+            try:
+                self.stop(server)
+            except BaseException as problem:  # noqa: BLE001 - every server is stopped first
+                problems.append(problem)
+        if exc is None and problems:
+            raise next((p for p in problems if isinstance(p, KeyboardInterrupt)), problems[0])
+        for problem in problems:
+            if not isinstance(problem, KeyboardInterrupt):
+                self.report.warn(f"while stopping the servers: {type(problem).__name__}: {problem}")
 
 
 def _gpu_text(gpus: Iterable[int]) -> str:

@@ -51,8 +51,7 @@ class Manifest(BaseModel):
     command: list[str] = []
     inputs: dict[str, Any] = {}
     model_abbr: str = ""
-    datasets: list[dict[str, Any]] = []
-    fingerprint: str = ""  # sha256 of what the predictions depend on (plan.fingerprint)
+    fingerprint: str = ""  # sha256 of what the predictions depend on (plan.fingerprint_of)
     fingerprint_inputs: dict[str, Any] = {}  # what went into it, to say what a reuse changed
     # Outputs of earlier settings, moved aside by `--reuse RUN --redo`: where to, when, and why.
     stale: list[dict[str, Any]] = []
@@ -63,6 +62,9 @@ class Manifest(BaseModel):
     # One entry per summary row: dataset, metric, value, and for judged rows judge_replies and
     # judge_invalid (replies that were neither correct nor incorrect).
     scores: list[dict[str, Any]] = []
+    # Each judged summary row and the datasets whose judge replies are behind it
+    # (configgen.judged_rows), so `lmeval results` counts them as the run did.
+    judge_rows: dict[str, list[str]] = {}
 
     def stage(self, name: str) -> StageRecord:
         return self.stages.setdefault(name, StageRecord())

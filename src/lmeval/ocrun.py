@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from lmeval.launch import live_process, owner_token, prepare_child, tagged_env, terminate
+from lmeval.launch import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
 
 STOP_GRACE_SECONDS = 5.0
 # Modules lmeval's configs name, for OpenCompass's own processes (lmeval never imports them).
@@ -33,12 +33,17 @@ class OpenCompassRun:
     def __init__(self, executable: Path, config: Path, mode: str, work_dir: Path, run_id: str,
                  cwd: Path, log_path: Path) -> None:
         self.argv = opencompass_argv(executable, config, mode, work_dir, run_id)
+        self.mode = mode
         self.cwd = cwd
         self.log_path = log_path
         self.run_id = run_id
         self.tag = f"opencompass-{mode}-{uuid.uuid4().hex[:12]}"
         self.popen: subprocess.Popen | None = None
         self.created = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"OpenCompass {self.mode}"
 
     def start(self) -> None:
         # OpenCompass writes tmp/, icl_inference_output/ and a dataset size cache into its
@@ -48,16 +53,18 @@ class OpenCompassRun:
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=prepare_child,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=prepare_child,  # noqa: PLW1509 - umask and prctl only
             )
         self.created = psutil.Process(self.popen.pid).create_time()
 
     def poll(self) -> int | None:
         return self.popen.poll() if self.popen else None
 
-    def stop(self) -> None:
+    def stop(self) -> Stopped:
         """End OpenCompass and its task processes (found by tag even after it exited)."""
-        if self.popen is None:
-            return
-        terminate(live_process(self.popen.pid, self.created), self.tag, STOP_GRACE_SECONDS)
-        self.popen.wait()
+        leader = live_process(self.popen.pid, self.created) if self.popen else None
+        stopped = terminate(leader, self.tag, STOP_GRACE_SECONDS, f"{self.name}'s processes")
+        if self.popen is not None:
+            self.popen.poll()
+        return stopped

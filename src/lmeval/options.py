@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-DEFAULT_JUDGE_MODEL = "opencompass/CompassVerifier-32B"
+from lmeval import defaults
+from lmeval.exceptions import UsageError
 
 
 class EvalOptions(BaseModel):
@@ -17,27 +18,29 @@ class EvalOptions(BaseModel):
     datasets: str | None = None
     dataset_files: tuple[Path, ...] = ()
     name: str | None = None
-    work_dir: Path = Path("outputs")
+    work_dir: Path = Path(defaults.WORK_DIR)
     reuse: str | None = None
     redo: bool = False  # with reuse: move outputs of other settings aside instead of refusing
     # the target server
     gpus: str | None = None
     tp: int | None = None
-    replicas: int = 1
+    replicas: int = defaults.REPLICAS
     port: int | None = None
-    host: str = "127.0.0.1"
+    host: str = defaults.HOST
     server_args: str = ""
     api_server: str | None = None
     api_key: SecretStr | None = None
+    api_key_file: Path | None = None
     # the judge server
-    judge_model: str = DEFAULT_JUDGE_MODEL
+    judge_model: str = defaults.JUDGE_MODEL
     judge_gpus: str | None = None
-    judge_tp: int = 2
-    judge_replicas: int = 1
+    judge_tp: int = defaults.JUDGE_TP
+    judge_replicas: int = defaults.REPLICAS
     judge_port: int | None = None
     judge_server_args: str = ""
     judger_server: str | None = None
     judger_key: SecretStr | None = None
+    judger_key_file: Path | None = None
     # generation overrides (None: LMDeploy's template)
     temperature: float | None = None
     max_out_len: int | None = None
@@ -45,6 +48,33 @@ class EvalOptions(BaseModel):
     # tools and timing
     lmdeploy: str | None = None
     opencompass: str | None = None
-    ready_timeout: float = 1800.0
-    grace: float = 10.0
+    ready_timeout: float = defaults.READY_TIMEOUT
+    grace: float = defaults.GRACE
     dry_run: bool = False
+
+    def target_key(self) -> SecretStr | None:
+        """The key of --api-server: from --api-key (or LMEVAL_API_KEY), or --api-key-file."""
+        return given_key(self.api_key, self.api_key_file, "--api-key")
+
+    def judge_key(self) -> SecretStr | None:
+        """The key of --judger-server: from --judger-key (or LMEVAL_JUDGER_KEY), or --judger-key-file."""
+        return given_key(self.judger_key, self.judger_key_file, "--judger-key")
+
+
+def given_key(key: SecretStr | None, key_file: Path | None, option: str) -> SecretStr | None:
+    """A key given as a value or in a file (its first line), never both. A file keeps the key
+    out of `ps` and shell history, as the environment variable does."""
+    if key_file is None:
+        return key
+    if key is not None:
+        raise UsageError(f"{option} and {option}-file both give a key; give one")
+    try:
+        text = key_file.expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise UsageError(f"{option}-file {key_file}: cannot read it ({reason})") from None
+    lines = text.splitlines()
+    value = lines[0].strip() if lines else ""
+    if not value:
+        raise UsageError(f"{option}-file {key_file} is empty; put the key on its first line")
+    return SecretStr(value)

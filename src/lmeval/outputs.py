@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lmeval.files import log_tail
+
 LOG_TAIL_LINES = 12
 
 
@@ -70,8 +72,7 @@ def failure_report(run_dir: Path, stage: str, model: str, datasets: list[str]) -
         return f"(OpenCompass wrote no task log under {run_dir / 'logs' / stage / model})"
     parts = []
     for log in logs:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
-        parts.append(f"--- {log}\n{tail}")
+        parts.append(f"--- {log}\n{log_tail(log, LOG_TAIL_LINES)}")
     return "\n".join(parts)
 
 
@@ -96,9 +97,6 @@ class JudgeReplies:
     total: int
     invalid: int  # neither A (correct) nor B (incorrect)
 
-    def __add__(self, other: JudgeReplies) -> JudgeReplies:
-        return JudgeReplies(self.total + other.total, self.invalid + other.invalid)
-
 
 def judge_reply_files(run_dir: Path, model: str, dataset: str) -> list[Path]:
     """The judge's raw replies for DATASET: one file per replica, written when the judging of
@@ -114,12 +112,13 @@ def judge_reply_files(run_dir: Path, model: str, dataset: str) -> list[Path]:
     return []
 
 
-def judge_replies(run_dir: Path, model: str, dataset: str) -> JudgeReplies | None:
-    """How many judge replies DATASET got and how many were invalid; None if the judge gave none."""
-    files = judge_reply_files(run_dir, model, dataset)
+def judge_replies(run_dir: Path, model: str, datasets: list[str]) -> JudgeReplies | None:
+    """How many judge replies the DATASETS behind one summary row got (a group row, such as
+    mmlu_pro, sums its datasets) and how many were invalid; None if the judge gave none."""
+    total = invalid = 0
+    files = [path for dataset in datasets for path in judge_reply_files(run_dir, model, dataset)]
     if not files:
         return None
-    total = invalid = 0
     for path in files:
         try:
             entries = json.loads(path.read_text())

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import __version__, configgen, outputs
+from lmeval import __version__, configgen, defaults, outputs
 from lmeval.exceptions import UsageError
 from lmeval.fleet import ServerSet, plan_server_set
 from lmeval.launch import REDACTED, check_model, served_name
 from lmeval.manifest import Manifest
 from lmeval.options import EvalOptions
-from lmeval.runs import check_run_id, claim_new_folder, prepare_work_dir
+from lmeval.runs import claim_new_folder, prepare_work_dir, run_folder
 from lmeval.tools import LMDEPLOY, OPENCOMPASS, find_executable, installed_version
 
 
@@ -26,6 +26,8 @@ from lmeval.tools import LMDEPLOY, OPENCOMPASS, find_executable, installed_versi
 
 EXTERNAL_IN_FLIGHT = 128  # requests kept in flight to a server lmeval did not start
 UNUSED_KEY = SecretStr("unused-by-this-stage")
+KEY_OPTIONS = {"--api-server": "--api-key", "--judger-server": "--judger-key"}  # the server's key option
+KEY_ENV = {"--api-key": defaults.API_KEY_ENV, "--judger-key": defaults.JUDGER_KEY_ENV}
 
 
 @dataclass
@@ -104,7 +106,9 @@ def external_server(url: str, key: SecretStr | None, option: str, tokenizer_path
             models = served_models(client, base, secret)
     except httpx.HTTPStatusError as error:
         code = error.response.status_code
-        hint = "; pass its key with the matching --...-key option" if code in (401, 403) else ""
+        key_option = KEY_OPTIONS[option]
+        hint = (f"; give its key with {key_option} (or {key_option}-file, or the environment variable "
+                f"{KEY_ENV[key_option]})" if code in (401, 403) else "")
         raise UsageError(f"{option} {base} answered /v1/models with HTTP {code}{hint}") from None
     except (httpx.HTTPError, ValueError, KeyError) as error:
         raise UsageError(f"cannot reach {option} {base} ({type(error).__name__}); check the URL and that it runs") from None
@@ -129,12 +133,6 @@ def fingerprint_inputs(model: str, model_abbr: str, datasets: tuple[configgen.Da
 
 def fingerprint_of(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-
-
-def fingerprint(model: str, model_abbr: str, datasets: tuple[configgen.DatasetRef, ...],
-                generation: configgen.Generation) -> str:
-    """A reuse with another fingerprint would mix answers to other prompts or settings."""
-    return fingerprint_of(fingerprint_inputs(model, model_abbr, datasets, generation))
 
 
 def describe_change(old: dict, new: dict) -> str:
@@ -174,10 +172,7 @@ def _generation(options: EvalOptions) -> configgen.Generation:
 
 
 def _existing_run(work_dir: Path, run_id: str) -> tuple[Path, Manifest]:
-    check_run_id(run_id)
-    run_dir = work_dir / run_id
-    if not run_dir.is_dir():
-        raise UsageError(f"run {run_id} does not exist in {work_dir}; check the id or pass -w")
+    run_dir = run_folder(work_dir, run_id)
     return run_dir, Manifest.load(run_dir)
 
 
@@ -227,6 +222,7 @@ class _Inputs:
 def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text: None) -> EvalPlan:
     """Check every option and input, then claim (or reopen) the run folder. Starts nothing."""
     opencompass = find_executable(OPENCOMPASS, options.opencompass)
+    target_key, judge_key = options.target_key(), options.judge_key()
     work_dir = prepare_work_dir(options.work_dir)
     judge_only = "infer" not in stages
     if options.redo and (judge_only or not options.reuse):
@@ -241,7 +237,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         target = _recorded_target(manifest, inputs)
     elif options.api_server:
         target_set = None
-        target = external_server(options.api_server, options.api_key, "--api-server", inputs.model)
+        target = external_server(options.api_server, target_key, "--api-server", inputs.model)
     else:
         lmdeploy = find_executable(LMDEPLOY, options.lmdeploy)
         target_set = _server_set("target", options, inputs.model, notify, gpus=options.gpus, tp=options.tp,
@@ -250,7 +246,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     judge = judge_set = None
     if "eval" in stages and configgen.needs_judge(inputs.datasets):
         if options.judger_server:
-            judge = external_server(options.judger_server, options.judger_key, "--judger-server",
+            judge = external_server(options.judger_server, judge_key, "--judger-server",
                                     tokenizer_path=options.judge_model)
         else:
             lmdeploy = lmdeploy or find_executable(LMDEPLOY, options.lmdeploy)
@@ -272,7 +268,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         run_dir, manifest, datasets, copies, redo_reason = _reopened_run(options, work_dir, inputs, notify)
     elif not judge_only:
         run_dir, manifest, datasets, copies = _new_run(options, work_dir, inputs)
-    given_keys = [key.get_secret_value() for key in (options.api_key, options.judger_key) if key]
+    given_keys = [key.get_secret_value() for key in (target_key, judge_key) if key]
     manifest.command = redact_argv(sys.argv, given_keys)
     manifest.versions = {"lmeval": __version__, "opencompass": installed_version(opencompass, "opencompass"),
                          "lmdeploy": installed_version(lmdeploy, "lmdeploy") if lmdeploy else "not used"}

@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 
 from lmeval import outputs
-from lmeval.exceptions import UsageError
-from lmeval.runs import RUN_ID_PATTERN, check_run_id
 
 FORMATS = ("table", "json", "csv", "markdown")
 
@@ -89,48 +87,17 @@ def print_scores(app, model: str, scores: list[outputs.Score], fmt: str = "table
     app.out.print(table)
 
 
-def judged_scores(run_dir: Path, model: str, scores: list[outputs.Score],
-                  recorded: list[dict] | None = None) -> list[outputs.Score]:
-    """SCORES with the judge's reply counts: as the manifest recorded them for each row (group
-    rows sum their datasets), else read from the row's own judge files."""
-    known = {(entry.get("dataset"), entry.get("metric")): entry for entry in recorded or []}
+def judged_scores(run_dir: Path, model: str, scores: list[outputs.Score], manifest: dict) -> list[outputs.Score]:
+    """SCORES with the judge's reply counts: as the run recorded them, else counted from the
+    judge's files of the datasets the manifest says are behind each row."""
+    recorded = {(entry.get("dataset"), entry.get("metric")): entry for entry in manifest.get("scores") or []}
+    rows = manifest.get("judge_rows") or {}
     filled = []
     for score in scores:
-        entry = known.get((score.dataset, score.metric), {})
+        entry = recorded.get((score.dataset, score.metric), {})
         if entry.get("judge_replies") is not None:
-            filled.append(outputs.with_judge_replies(
-                score, outputs.JudgeReplies(entry["judge_replies"], entry.get("judge_invalid") or 0)))
+            counts = outputs.JudgeReplies(entry["judge_replies"], entry.get("judge_invalid") or 0)
         else:
-            filled.append(outputs.with_judge_replies(score, outputs.judge_replies(run_dir, model, score.dataset)))
+            counts = outputs.judge_replies(run_dir, model, rows.get(score.dataset, [score.dataset]))
+        filled.append(outputs.with_judge_replies(score, counts))
     return filled
-
-
-def find_run(work_dir: Path, run: str) -> Path:
-    """The folder of RUN (an id, or `latest`: the newest run that has lmeval's manifest)."""
-    work_dir = work_dir.expanduser().absolute()
-    if run == "latest":
-        runs = sorted(p for p in work_dir.glob("*") if RUN_ID_PATTERN.fullmatch(p.name) and (p / "lmeval.json").is_file())
-        if not runs:
-            raise UsageError(f"no lmeval runs in {work_dir}; run `lmeval run` first or pass -w")
-        return runs[-1]
-    folder = work_dir / check_run_id(run)
-    if not folder.is_dir():
-        raise UsageError(f"run {run} does not exist in {work_dir}; check the id or pass -w")
-    return folder
-
-
-def results(app, *, run: str, work_dir: Path, fmt: str) -> int:
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    folder = find_run(work_dir, run)
-    try:
-        manifest = json.loads((folder / "lmeval.json").read_text())
-        model = manifest["model_abbr"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{folder} has no readable lmeval.json: not an lmeval run") from None
-    summary = outputs.latest_summary(folder)
-    if summary is None:
-        raise UsageError(f"run {folder.name} has no scores yet; evaluate it with `lmeval judge --reuse {folder.name}`")
-    scores = outputs.read_summary(summary, model)
-    print_scores(app, model, judged_scores(folder, model, scores, manifest.get("scores")), fmt)
-    return 0

@@ -70,3 +70,22 @@ def move_aside(run_dir: Path, names: list[str], now: datetime | None = None) -> 
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.replace(source, target)
     return folder
+
+
+def run_folder(work_dir: Path, run_id: str) -> Path:
+    """The folder of the existing run RUN_ID in WORK_DIR (the id checked first)."""
+    folder = work_dir / check_run_id(run_id)
+    if not folder.is_dir():
+        raise UsageError(f"run {run_id} does not exist in {work_dir}; check the id or pass -w")
+    return folder
+
+
+def find_run(work_dir: Path, run: str) -> Path:
+    """The folder of RUN: an id, or `latest` (the newest run that has lmeval's manifest)."""
+    work_dir = work_dir.expanduser().absolute()
+    if run != "latest":
+        return run_folder(work_dir, run)
+    runs = sorted(p for p in work_dir.glob("*") if RUN_ID_PATTERN.fullmatch(p.name) and (p / "lmeval.json").is_file())
+    if not runs:
+        raise UsageError(f"no lmeval runs in {work_dir}; run `lmeval run` first or pass -w")
+    return runs[-1]

@@ -8,7 +8,6 @@ always stopped when the command ends, whatever ends it.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import signal
@@ -28,6 +27,7 @@ from lmeval.configgen import ServedModel
 from lmeval.plan import EvalPlan, make_plan
 from lmeval.results import print_scores
 from lmeval.runs import move_aside
+from lmeval.signals import interrupt_name
 
 SUPERVISE_SECONDS = 0.2
 PROGRESS_SECONDS = 5.0
@@ -100,9 +100,10 @@ class Evaluation:
             oc.start()
             self.supervise(stage, oc, watched)
         except BaseException as error:
-            oc.stop()
+            self.app.stopped(oc.name, oc.stop(), self.plan.work_dir)
             record.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            record.message = getattr(error, "message", "") or type(error).__name__
+            record.message = (f"interrupted by {interrupt_name(error)}" if isinstance(error, KeyboardInterrupt)
+                              else getattr(error, "message", "") or type(error).__name__)
             raise
         finally:
             record.ended = time.time()
@@ -169,6 +170,8 @@ class Evaluation:
 
     def check_results(self) -> list[outputs.Score]:
         names = self.plan.abbrs
+        rows = configgen.judged_rows(self.plan.datasets)
+        self.manifest.judge_rows = rows  # saved with the stage's outcome, failed or not
         failed = {name: error for name in names
                   if (error := outputs.result_error(self.run_dir, self.plan.model_abbr, name))}
         summary = outputs.latest_summary(self.run_dir)
@@ -184,24 +187,9 @@ class Evaluation:
                 f"`lmeval judge --reuse {self.plan.run_id} -w {self.plan.work_dir}`",
                 outputs.failure_report(self.run_dir, "eval", self.plan.model_abbr, list(failed)),
             ))
-        return [outputs.with_judge_replies(score, self.judge_replies(score.dataset)) for score in scores]
-
-    def judge_replies(self, row: str) -> outputs.JudgeReplies | None:
-        """The judge's reply counts behind one summary row: its dataset's, or for a group row
-        (mmlu_pro) the sum over the group's datasets. None for rows scored by rule."""
-        for item in self.plan.datasets:
-            if not item.needs_judge:
-                continue
-            if isinstance(item, configgen.SuiteDataset):
-                groups = {group for group, _metric in item.summary if group not in item.abbrs}
-                abbrs = list(item.abbrs) if row in groups else [row] if row in item.abbrs else []
-            else:
-                abbrs = [item.name] if row == item.name else []
-            if abbrs:
-                counts = [c for abbr in abbrs
-                          if (c := outputs.judge_replies(self.run_dir, self.plan.model_abbr, abbr)) is not None]
-                return sum(counts[1:], counts[0]) if counts else None
-        return None
+        return [outputs.with_judge_replies(score, outputs.judge_replies(self.run_dir, self.plan.model_abbr,
+                                                                        rows[score.dataset]))
+                if score.dataset in rows else score for score in scores]
 
     # ------------------------------------------------------------ commands
 
@@ -213,8 +201,8 @@ class Evaluation:
                 return self.dry_run(stages)
             self.prepare_folder()
             try:
-                with ServerGroup(plan.lmdeploy, self.run_dir / "servers", plan.run_id, plan.grace,
-                                 notify=self.app.info) as group:
+                with ServerGroup(plan.lmdeploy, self.run_dir / "servers", self.app, plan.run_id,
+                                 plan.grace) as group:
                     self.save()
                     self.execute_stages(group, stages)
             finally:
@@ -357,9 +345,6 @@ def exit_text(code: int) -> str:
 
 def evaluate(app: Application, options: EvalOptions, stages: tuple[str, ...]) -> int:
     """The body of `lmeval run`, `lmeval infer` and `lmeval judge`."""
-    # Everything lmeval writes - manifest, logs, dataset copies, configs holding keys - and
-    # everything its children write is the owner's alone.
-    os.umask(0o077)
     plan = make_plan(options, stages, notify=app.warn)
     return Evaluation(app, plan).execute(stages)
 

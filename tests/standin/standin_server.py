@@ -299,7 +299,7 @@ def _parse(x):
 
 
 _LOG_LEVELS = ['CRITICAL', 'FATAL', 'ERROR', 'WARN', 'WARNING', 'INFO', 'DEBUG', 'NOTSET', 'REQUEST']
-S, I, F, J = str, int, float, json.loads
+S, I, F, J = str, int, float, json.loads  # noqa: E741 - one letter per type keeps the table readable
 # (flag, nargs or 0 for store_true, type, choices, default); order as in the
 # real parser.  Generated from and checked against api_server_flags_0.18.txt.
 _API_SERVER_FLAGS: list[tuple] = [
@@ -1173,7 +1173,7 @@ def serve(args: argparse.Namespace) -> int:
     captured: list[int] = []
     stop = threading.Event()
 
-    def on_signal(sig, frame):
+    def on_signal(sig, frame):  # noqa: ARG001 - signal handler signature
         captured.append(sig)
         stop.set()
 

@@ -2,44 +2,52 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
-import psutil
+import typer
 
-from lmeval.app import Application
-from lmeval.launch import (
-    TAG_ENV,
-    live_process,
-    owner_alive,
-    tagged_processes,
-    terminate,
-)
+from lmeval import defaults
+from lmeval.commands.options import DEFAULT_WORK_DIR, Grace, WorkDir
 
 
-def cleanup(app: Application, *, work_dir: Path, grace: float) -> int:
+def command(ctx: typer.Context, work_dir: WorkDir = DEFAULT_WORK_DIR, grace: Grace = defaults.GRACE) -> None:
+    """End every server process an lmeval that was killed outright left behind."""
+    ctx.obj.run(cleanup, work_dir=work_dir, grace=grace)
+
+
+def cleanup(app, *, work_dir: Path, grace: float) -> int:
+    """Servers through their state files first, then every process of this user that carries
+    lmeval's tag and whose lmeval is gone (its state file elsewhere, or never written)."""
+    import psutil
+
+    from lmeval.exceptions import UsageError
+    from lmeval.launch import TAG_ENV, ServerState, live_process, owner_alive, tagged_processes, terminate
+
     work_dir = work_dir.expanduser().absolute()
     ended = 0
     for state_path in sorted(work_dir.glob("*/servers/*.json")):
         try:
-            state = json.loads(state_path.read_text())
-        except (OSError, ValueError):
+            state = ServerState.load(state_path)
+        except UsageError as error:
+            app.warn(f"{error.message}; skipped it (the tag sweep below still finds its processes)")
             continue
-        if state.get("stopped"):
+        if state.stopped:
             continue
-        if owner_alive(state["owner"]):
-            app.info(f"{state['role']} server on port {state['port']} belongs to a running lmeval "
-                     f"(pid {state['owner'].split(':')[0]}); left alone")
+        if owner_alive(state.owner):
+            app.info(f"{state.role} server on port {state.port} belongs to a running lmeval "
+                     f"(pid {state.owner.split(':')[0]}); left alone")
             continue
-        count = terminate(live_process(state["pid"], state["created"]), state["tag"], grace)
-        state["stopped"] = True
-        state_path.write_text(json.dumps(state, indent=2))
-        if count:
-            ended += count
-            app.info(f"ended {state['role']} server of {state_path.parent.parent.name} "
-                     f"(port {state['port']}, {count} processes)")
-    # Processes whose state file is elsewhere or gone: the tag still names them.
+        leader = live_process(state.pid, state.created) if state.pid is not None else None
+        what = f"{state.role} server of {state_path.parent.parent.name}"
+        stopped = terminate(leader, state.tag, grace, f"the {what}")
+        if stopped.left:
+            app.stopped(f"the {what}", stopped, work_dir)
+        else:
+            state.model_copy(update={"stopped": True}).save(state_path)
+        if stopped.ended:
+            ended += stopped.ended
+            app.info(f"ended {what} (port {state.port}, {stopped.ended} processes)")
     orphans: dict[str, int] = defaultdict(int)
     for process in tagged_processes(lambda tag, owner: not owner_alive(owner)):
         try:
@@ -47,9 +55,11 @@ def cleanup(app: Application, *, work_dir: Path, grace: float) -> int:
         except (psutil.Error, KeyError):  # it exited meanwhile
             continue
     for tag in sorted(orphans):
-        count = terminate(None, tag, grace)
-        if count:
-            ended += count
-            app.info(f"ended {count} leftover process(es) tagged {tag}")
+        stopped = terminate(None, tag, grace, f"the processes tagged {tag}")
+        if stopped.left:
+            app.stopped(f"the processes tagged {tag}", stopped, work_dir)
+        if stopped.ended:
+            ended += stopped.ended
+            app.info(f"ended {stopped.ended} leftover process(es) tagged {tag}")
     app.info(f"cleanup done: {ended} process(es) ended" if ended else "nothing to clean up")
     return 0

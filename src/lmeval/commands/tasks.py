@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-
-from lmeval.app import Application
-from lmeval.configgen import task_rows
+import typer
 
 
-def tasks(app: Application) -> int:
+def command(ctx: typer.Context) -> None:
+    """List the task suites, their datasets, and which need the judge model."""
+    ctx.obj.run(tasks)
+
+
+def tasks(app) -> int:
+    from rich.table import Table
+
+    from lmeval.configgen import task_rows
+
     table = Table(title="Task suites (--task SUITE, --datasets NAME,...)")
     for column in ("suite", "dataset", "scored by", "judge"):
         table.add_column(column)

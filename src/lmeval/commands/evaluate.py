@@ -1,0 +1,133 @@
+"""`lmeval run`, `lmeval infer` and `lmeval judge`: the options, handed to the stages as one
+`EvalOptions` (lmeval.stages does the work)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lmeval import defaults
+from lmeval.commands.options import (
+    DEFAULT_WORK_DIR,
+    ApiKey,
+    ApiKeyFile,
+    ApiServer,
+    DatasetFiles,
+    DatasetNames,
+    DryRun,
+    Gpus,
+    Grace,
+    Host,
+    JudgeGpus,
+    JudgeModel,
+    JudgePort,
+    JudgeReplicas,
+    JudgerKey,
+    JudgerKeyFile,
+    JudgerServer,
+    JudgeServerArgs,
+    JudgeTp,
+    Lmdeploy,
+    MaxOutLen,
+    MaxSeqLen,
+    Name,
+    Opencompass,
+    Port,
+    ReadyTimeout,
+    Redo,
+    Replicas,
+    Reuse,
+    ServerArgs,
+    Task,
+    Temperature,
+    Tp,
+    WorkDir,
+)
+
+Stages = tuple[str, ...]
+
+
+def evaluate(ctx: typer.Context, stages: Stages, values: dict) -> None:
+    """Run STAGES with the options VALUES (None: not given, the default applies)."""
+    from lmeval.options import EvalOptions
+    from lmeval.stages import evaluate as body
+
+    options = EvalOptions(**{key: value for key, value in values.items() if value is not None})
+    ctx.obj.run(lambda application: body(application, options, stages))
+
+
+def _target_command(stages: Stages, doc: str):
+    def command(
+        ctx: typer.Context,
+        model: Annotated[str, typer.Argument(help="Model folder (or hub id) to evaluate.")],
+        task: Task = None,
+        datasets: DatasetNames = None,
+        dataset_files: DatasetFiles = None,
+        name: Name = None,
+        work_dir: WorkDir = DEFAULT_WORK_DIR,
+        reuse: Reuse = None,
+        redo: Redo = False,
+        gpus: Gpus = None,
+        tp: Tp = None,
+        replicas: Replicas = defaults.REPLICAS,
+        port: Port = None,
+        host: Host = defaults.HOST,
+        server_args: ServerArgs = "",
+        api_server: ApiServer = None,
+        api_key: ApiKey = None,
+        api_key_file: ApiKeyFile = None,
+        judge_model: JudgeModel = defaults.JUDGE_MODEL,
+        judge_gpus: JudgeGpus = None,
+        judge_tp: JudgeTp = defaults.JUDGE_TP,
+        judge_replicas: JudgeReplicas = defaults.REPLICAS,
+        judge_port: JudgePort = None,
+        judge_server_args: JudgeServerArgs = "",
+        judger_server: JudgerServer = None,
+        judger_key: JudgerKey = None,
+        judger_key_file: JudgerKeyFile = None,
+        temperature: Temperature = None,
+        max_out_len: MaxOutLen = None,
+        max_seq_len: MaxSeqLen = None,
+        lmdeploy: Lmdeploy = None,
+        opencompass: Opencompass = None,
+        ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,
+        grace: Grace = defaults.GRACE,
+        dry_run: DryRun = False,
+    ) -> None:
+        values = {key: value for key, value in locals().items() if key != "ctx"}
+        values["dataset_files"] = tuple(dataset_files or ())
+        evaluate(ctx, stages, values)
+
+    command.__doc__ = doc
+    return command
+
+
+run = _target_command(("infer", "eval"), "Evaluate MODEL end to end: start servers, infer, judge, stop servers, "
+                      "show scores.")
+infer = _target_command(("infer",), "Inference only; prints the run id to pass to `lmeval judge --reuse`.")
+
+
+def judge(
+    ctx: typer.Context,
+    reuse: Annotated[str, typer.Option("--reuse", help="The run whose predictions to judge.")],
+    work_dir: WorkDir = DEFAULT_WORK_DIR,
+    judge_model: JudgeModel = defaults.JUDGE_MODEL,
+    judge_gpus: JudgeGpus = None,
+    judge_tp: JudgeTp = defaults.JUDGE_TP,
+    judge_replicas: JudgeReplicas = defaults.REPLICAS,
+    judge_port: JudgePort = None,
+    judge_server_args: JudgeServerArgs = "",
+    judger_server: JudgerServer = None,
+    judger_key: JudgerKey = None,
+    judger_key_file: JudgerKeyFile = None,
+    host: Host = defaults.HOST,
+    lmdeploy: Lmdeploy = None,
+    opencompass: Opencompass = None,
+    ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,
+    grace: Grace = defaults.GRACE,
+    dry_run: DryRun = False,
+) -> None:
+    """Judged evaluation of an earlier run's predictions."""
+    values = {key: value for key, value in locals().items() if key != "ctx"}
+    evaluate(ctx, ("eval",), values)

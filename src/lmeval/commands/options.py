@@ -1,0 +1,69 @@
+"""The command-line options several commands share, declared once. Their defaults live in
+`lmeval.defaults`. Only typer and the standard library are imported here: `lmeval --help`
+builds every command from these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lmeval import defaults
+
+WorkDir = Annotated[Path, typer.Option("-w", "--work-dir", help="Folder holding the runs.")]
+Grace = Annotated[float, typer.Option("--grace", help="Seconds a server gets to exit after SIGTERM before it is killed.")]
+# Found by lmeval.tools: the option, else the environment variable, else PATH.
+Lmdeploy = Annotated[Optional[str], typer.Option("--lmdeploy", help="lmdeploy executable [env LMEVAL_LMDEPLOY].")]
+Opencompass = Annotated[Optional[str], typer.Option("--opencompass",
+                                                    help="opencompass executable [env LMEVAL_OPENCOMPASS].")]
+ReadyTimeout = Annotated[float, typer.Option("--ready-timeout", help="Seconds a model may take to load.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Write the configs and print the plan; start nothing.")]
+Host = Annotated[str, typer.Option("--host", help="Address the servers listen on.")]
+Reuse = Annotated[Optional[str], typer.Option("--reuse", help="Resume or reuse the run with this id (yyyymmdd_HHMMSS).")]
+Redo = Annotated[bool, typer.Option("--redo", help="With --reuse: if the run was made with another model, datasets or "
+                                    "generation settings, move its outputs aside (into RUN/stale-<time>/) and infer again.")]
+
+# What is evaluated, and how it is generated (defaults: LMDeploy's template)
+Task = Annotated[Optional[str], typer.Option("--task", help="Suite to run, e.g. chat (see `lmeval tasks`).")]
+DatasetNames = Annotated[Optional[str], typer.Option("--datasets", help="Pick datasets of the suite: gpqa,ifeval.")]
+DatasetFiles = Annotated[Optional[list[Path]], typer.Option("--dataset", help="Your own .jsonl; repeatable.")]
+Name = Annotated[Optional[str], typer.Option("--name", help="Model name in the results (default: folder name).")]
+Temperature = Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature (0.6).")]
+MaxOutLen = Annotated[Optional[int], typer.Option("--max-out-len", help="Max new tokens (64000).")]
+MaxSeqLen = Annotated[Optional[int], typer.Option("--max-seq-len", help="Max prompt+answer tokens (65536).")]
+
+# The model server
+Gpus = Annotated[Optional[str], typer.Option("--gpus", help="GPU ids for the model, like 0,1 (default: free GPUs).")]
+Tp = Annotated[Optional[int], typer.Option("--tp", help="Tensor parallel size (default: number of GPUs).")]
+Replicas = Annotated[int, typer.Option("--replicas", help="Model servers on disjoint GPU groups of --tp, "
+                                       "behind LMDeploy's proxy.")]
+Port = Annotated[Optional[int], typer.Option("--port", help="Port of the model server (the proxy's with --replicas; "
+                                             "default: a free one).")]
+ServerArgs = Annotated[str, typer.Option("--server-args", help='Extra LMDeploy flags for the model, e.g. '
+                                         '"--session-len 65536".')]
+ApiServer = Annotated[Optional[str], typer.Option("--api-server", help="Use this running model server.")]
+ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar=defaults.API_KEY_ENV, show_default=False,
+                                               help="API key of --api-server (better: the environment variable "
+                                               "or --api-key-file, out of ps and shell history).")]
+ApiKeyFile = Annotated[Optional[Path], typer.Option("--api-key-file", help="File whose first line is the key of "
+                                                    "--api-server.")]
+
+# The judge server
+JudgeModel = Annotated[str, typer.Option("--judge-model", help="Judge model folder or hub id.")]
+JudgeGpus = Annotated[Optional[str], typer.Option("--judge-gpus", help="GPU ids for the judge (default: free GPUs).")]
+JudgeTp = Annotated[int, typer.Option("--judge-tp", help="Tensor parallel size of the judge.")]
+JudgeReplicas = Annotated[int, typer.Option("--judge-replicas", help="Judge servers on disjoint GPU groups, "
+                                            "behind a proxy.")]
+JudgePort = Annotated[Optional[int], typer.Option("--judge-port", help="Port of the judge (default: a free one).")]
+JudgeServerArgs = Annotated[str, typer.Option("--judge-server-args", help="Extra LMDeploy flags for the judge.")]
+JudgerServer = Annotated[Optional[str], typer.Option("--judger-server", help="Use this running judge server instead "
+                                                     "of starting one: the judge's --api-server, named as in "
+                                                     "LMDeploy's evaluation guide.")]
+JudgerKey = Annotated[Optional[str], typer.Option("--judger-key", envvar=defaults.JUDGER_KEY_ENV, show_default=False,
+                                                  help="API key of --judger-server, the judge's (better: the "
+                                                  "environment variable or --judger-key-file).")]
+JudgerKeyFile = Annotated[Optional[Path], typer.Option("--judger-key-file", help="File whose first line is the key "
+                                                       "of --judger-server.")]
+
+DEFAULT_WORK_DIR = Path(defaults.WORK_DIR)

@@ -1,0 +1,14 @@
+"""Defaults of the options `lmeval run`, `infer` and `judge` share, in one place: the command
+line shows them and `EvalOptions` falls back to them. Plain values, so `lmeval --help` imports
+nothing heavy to show them."""
+
+JUDGE_MODEL = "opencompass/CompassVerifier-32B"
+JUDGE_TP = 2
+REPLICAS = 1
+HOST = "127.0.0.1"
+WORK_DIR = "outputs"
+READY_TIMEOUT = 1800.0  # seconds a model may take to load
+GRACE = 10.0  # seconds a server gets after SIGTERM before it is killed
+# Keys of servers the user runs, read from the environment (out of `ps` and shell history).
+API_KEY_ENV = "LMEVAL_API_KEY"
+JUDGER_KEY_ENV = "LMEVAL_JUDGER_KEY"
