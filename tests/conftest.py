@@ -6,11 +6,13 @@ tests are the fast tier (`scripts/test --fast`) and need no tool venv.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from toolkit import OPENCOMPASS, VENVS, Runner
+from toolkit import OPENCOMPASS, REPO, VENVS, Runner
 
 
 def pytest_addoption(parser):
@@ -68,3 +70,24 @@ def lmeval_runner(tmp_path):
         yield runner
     finally:
         runner.teardown()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """One real Slurm cluster for the session (scripts/slurm-cluster: slurmctld and slurmd n1-n3,
+    4 stand-in GPUs each; partitions gpu, all nodes, and tiny, n1 alone). SLURM_CONF is set for
+    this process and every lmeval it starts while the cluster runs."""
+    root = tmp_path_factory.mktemp("slurm")
+    script = REPO / "scripts" / "slurm-cluster"
+    started = subprocess.run([str(script), "start", str(root)], capture_output=True, text=True, timeout=120,
+                             check=False)
+    if started.returncode != 0:
+        subprocess.run([str(script), "stop", str(root)], capture_output=True, timeout=120, check=False)
+        pytest.fail(f"the test Slurm cluster did not start:\n{started.stdout}{started.stderr}")
+    conf = started.stdout.strip().splitlines()[-1].removeprefix("SLURM_CONF=")
+    os.environ["SLURM_CONF"] = conf
+    try:
+        yield Path(conf)
+    finally:
+        subprocess.run([str(script), "stop", str(root)], capture_output=True, timeout=120, check=False)
+        del os.environ["SLURM_CONF"]

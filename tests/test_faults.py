@@ -305,9 +305,9 @@ def test_a_process_that_outlives_sigkill_is_named_and_the_third_ctrl_c_gives_up(
         assert took < 2, f"lmeval took {took:.2f} s to give up"
         assert lm.stderr_lines[-3:] == [
             f"lmeval: stopped waiting for the target server to end after SIGKILL (pids {stuck})",
-            f"lmeval: warning: target server: 2 processes ended; still running after SIGKILL: {stuck} (disk-sleep)",
-            f"lmeval: error: interrupted by Ctrl-C; still running: pid {stuck} (target server); end them with "
-            f"`lmeval cleanup -w {work_dir}` once they can be killed",
+            f"lmeval: warning: target server: 2 processes ended; still running: pid {stuck} (disk-sleep)",
+            f"lmeval: error: interrupted by Ctrl-C; still running: pid {stuck} (disk-sleep) of the target server; "
+            f"end them with `lmeval cleanup -w {work_dir}` once they can be killed",
         ], lm.transcript()
         assert [p.pid for p in others if running(p)] == []
         assert [p.pid for p in lmeval_runner.leftovers()] == [stuck]

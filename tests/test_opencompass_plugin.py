@@ -50,13 +50,68 @@ print(json.dumps({
 """
 
 
+def run_probe(code: str) -> tuple[dict, str]:
+    """Run CODE in OpenCompass's venv as lmeval runs OpenCompass (the plugin on PYTHONPATH), with
+    the demo model's tokenizer as its argument; its last stdout line as JSON, and all it printed."""
+    tokenizer = REPO / "examples" / "sample" / "models" / "demo-chat"
+    done = subprocess.run([str(venv_python("opencompass")), "-c", code, str(tokenizer)], capture_output=True,
+                          text=True, timeout=300, env=opencompass_env(dict(os.environ)), check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout + done.stderr
+
+
 @pytest.mark.opencompass
 def test_each_request_thread_has_its_own_client_sharing_one_tls_context():
-    tokenizer = REPO / "examples" / "sample" / "models" / "demo-chat"
-    done = subprocess.run([str(venv_python("opencompass")), "-c", PROBE, str(tokenizer)], capture_output=True,
-                          text=True, timeout=300, env=opencompass_env(dict(os.environ)))
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report, _ = run_probe(PROBE)
     assert report == {"frozen": report["frozen"], "clients": 4, "stable": True, "tls_contexts": 1,
                       "sends_through_openai_client": True}
     assert report["frozen"] > 10_000  # torch and transformers objects, out of every collection
+
+
+DEAD_NODE_PROBE = r"""
+import http.server, json, sys, threading
+from lmeval_opencompass import LmevalOpenAISDK
+
+replies = {"/dead/v1/chat/completions": {"error_code": 10402, "text": "Failed to get response after a period of time"},
+           "/alive/v1/chat/completions": {"id": "1", "object": "chat.completion", "created": 0, "model": "demo-chat",
+                                          "choices": [{"index": 0, "finish_reason": "stop",
+                                                       "message": {"role": "assistant", "content": "Paris"}}]}}
+sent = []
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        sent.append(self.path)
+        body = json.dumps(replies[self.path]).encode() + b"\n"
+        self.send_response(200)  # as LMDeploy's proxy answers for a dead node: HTTP 200
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+outcome = {}
+for node in ("dead", "alive"):
+    model = LmevalOpenAISDK(path="demo-chat", key="sk-test", openai_api_base=f"http://127.0.0.1:{server.server_address[1]}/{node}/v1",
+                            tokenizer_path=sys.argv[1], max_seq_len=4096, query_per_second=1000, retry=3)
+    try:
+        outcome[node] = model._generate("What is the capital of France?", 16, 0.0)
+    except RuntimeError as error:
+        outcome[node] = f"{type(error).__name__}: {error}"
+print(json.dumps({"outcome": outcome, "sent": sent}))
+"""
+
+
+@pytest.mark.opencompass
+def test_a_dead_node_behind_the_proxy_is_a_failed_request_not_an_answer():
+    report, printed = run_probe(DEAD_NODE_PROBE)
+    assert report["outcome"] == {
+        "dead": "RuntimeError: Calling OpenAI API failed after retrying for 3 times. Check the logs for details.",
+        "alive": "Paris",
+    }
+    assert report["sent"] == ["/dead/v1/chat/completions"] * 3 + ["/alive/v1/chat/completions"]
+    assert "LMDeploy's proxy answered error_code 10402" in printed

@@ -163,11 +163,11 @@ def test_an_error_on_its_way_out_wins_and_the_stop_problem_is_shown():
 
 def test_a_server_left_running_is_recorded_as_not_stopped():
     log: list[str] = []
-    group, report = group_of(FakeServer("target", log, left=((41, "disk-sleep"),)))
+    group, report = group_of(FakeServer("target", log, left=("pid 41 (disk-sleep)",)))
     with group:
         pass
     assert log == ["stop target 3", "saved target stopped=False"]
-    assert report.lines == ["target server: 2 ended, left [(41, 'disk-sleep')] (/w)"]
+    assert report.lines == ["target server: 2 ended, left ['pid 41 (disk-sleep)'] (/w)"]
 
 
 def run_app(command, capsys) -> tuple[int, list[str]]:
@@ -180,38 +180,37 @@ def run_app(command, capsys) -> tuple[int, list[str]]:
 
 def test_the_last_line_names_what_is_still_running(capsys):
     def interrupted(app: Application) -> int:
-        app.stopped("the judge server", Stopped(ended=3), Path("/w"))
-        app.stopped("the target server", Stopped(ended=2, left=((41, "disk-sleep"), (42, "running"))), Path("/w"))
+        app.stopped("judge server", Stopped(ended=3), Path("/w"))
+        app.stopped("target server", Stopped(ended=2, left=("pid 41 (disk-sleep)", "pid 42 (running)")), Path("/w"))
         raise KeyboardInterrupt
 
     code, lines = run_app(interrupted, capsys)
     assert code == 130
     assert lines == [
-        "lmeval: stopped the judge server (3 processes ended)",
-        "lmeval: warning: the target server: 2 processes ended; still running after SIGKILL: 41 (disk-sleep), "
-        "42 (running)",
-        "lmeval: error: interrupted by Ctrl-C; still running: pid 41 (the target server), pid 42 (the target "
-        "server); end them with `lmeval cleanup -w /w` once they can be killed",
+        "lmeval: stopped judge server (3 processes ended)",
+        "lmeval: warning: target server: 2 processes ended; still running: pid 41 (disk-sleep), pid 42 (running)",
+        "lmeval: error: interrupted by Ctrl-C; still running: pid 41 (disk-sleep) of the target server, pid 42 "
+        "(running) of the target server; end them with `lmeval cleanup -w /w` once they can be killed",
     ]
 
 
 def test_all_stopped_is_said_only_when_true(capsys):
     def interrupted(app: Application) -> int:
-        app.stopped("the target server", Stopped(ended=2), Path("/w"))
+        app.stopped("target server", Stopped(ended=2), Path("/w"))
         raise signals.Terminated
 
     assert run_app(interrupted, capsys) == (130, [
-        "lmeval: stopped the target server (2 processes ended)",
+        "lmeval: stopped target server (2 processes ended)",
         "lmeval: error: interrupted by SIGTERM; every server lmeval started has been stopped",
     ])
 
 
 def test_a_finished_command_that_left_a_process_fails(capsys):
     def finished(app: Application) -> int:
-        app.stopped("the target server", Stopped(ended=1, left=((41, "disk-sleep"),)), Path("/w"))
+        app.stopped("target server", Stopped(ended=1, left=("pid 41 (disk-sleep)",)), Path("/w"))
         return 0
 
     code, lines = run_app(finished, capsys)
     assert code == 1
-    assert lines[-1] == ("lmeval: error: the command finished, but still running: pid 41 (the target server); "
-                         "end them with `lmeval cleanup -w /w` once they can be killed")
+    assert lines[-1] == ("lmeval: error: the command finished, but still running: pid 41 (disk-sleep) of the target "
+                         "server; end them with `lmeval cleanup -w /w` once they can be killed")

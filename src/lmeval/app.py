@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Leftover:
-    """A process lmeval started and could not end (yet): a stop's deadline passed, or the user
+    """Something lmeval started and could not end (yet): a stop's deadline passed, or the user
     stopped the waiting."""
 
-    pid: int
-    what: str  # "the target server"
+    what: str  # "pid 41 (disk-sleep)", "Slurm job 12 (COMPLETING)"
+    of: str  # "target server"
     work_dir: Path  # where `lmeval cleanup -w` finds it
 
 
@@ -53,17 +53,16 @@ class Application:
     def stopped(self, what: str, stopped: Stopped, work_dir: Path) -> None:
         """Say what a stop really ended, and keep what it could not for the last line."""
         if not stopped.left:
-            self.info(f"stopped {what} ({stopped.ended} processes ended)")
+            self.info(f"stopped {what} ({stopped.summary})")
             return
-        self.leftovers += [Leftover(pid, what, work_dir) for pid, _state in stopped.left]
-        listing = ", ".join(f"{pid} ({state})" for pid, state in stopped.left)
-        self.warn(f"{what}: {stopped.ended} processes ended; still running after SIGKILL: {listing}")
+        self.leftovers += [Leftover(left, what, work_dir) for left in stopped.left]
+        self.warn(f"{what}: {stopped.summary}; still running: {', '.join(stopped.left)}")
 
     def leftover_text(self) -> str:
-        """`still running: pid 12 (the target server); end them with `lmeval cleanup -w DIR` ...`"""
-        pids = ", ".join(f"pid {item.pid} ({item.what})" for item in self.leftovers)
+        """`still running: pid 12 (disk-sleep) of the target server; end them with ...`"""
+        listing = ", ".join(f"{item.what} of the {item.of}" for item in self.leftovers)
         folders = " and ".join(dict.fromkeys(f"`lmeval cleanup -w {item.work_dir}`" for item in self.leftovers))
-        return f"still running: {pids}; end them with {folders} once they can be killed"
+        return f"still running: {listing}; end them with {folders} once they can be killed"
 
     def abort(self, text: str, code: int, detail: str = "") -> NoReturn:
         self.err.print(f"lmeval: error: {text}", markup=False)

@@ -12,3 +12,4 @@ GRACE = 10.0  # seconds a server gets after SIGTERM before it is killed
 # Keys of servers the user runs, read from the environment (out of `ps` and shell history).
 API_KEY_ENV = "LMEVAL_API_KEY"
 JUDGER_KEY_ENV = "LMEVAL_JUDGER_KEY"
+LAUNCHER = "local"  # or "slurm"

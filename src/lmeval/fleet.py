@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from lmeval import gpus as gpu_inventory
 from lmeval.exceptions import UsageError
 from lmeval.launch import (
+    Placement,
     ProxySpec,
     Server,
     ServerGroup,
@@ -17,10 +18,10 @@ from lmeval.launch import (
     free_port,
     new_api_key,
     parse_server_args,
+    replica_capacity,
     served_name,
-    server_arg_value,
 )
-from lmeval.readiness import wait_ready, wait_registered
+from lmeval.readiness import register, wait_ready, wait_registered
 
 PROXY_READY_SECONDS = 120.0
 
@@ -30,6 +31,7 @@ class ServerSet:
     role: str
     replicas: tuple[ServerSpec, ...]
     proxy: ProxySpec | None = None
+    placement: Placement | None = None  # where the replicas run when not here (Slurm)
 
     @property
     def front(self) -> ServerSpec | ProxySpec:
@@ -43,25 +45,16 @@ class ServerSet:
 
     @property
     def ports(self) -> frozenset[int]:
-        return frozenset(spec.port for spec in self.specs)
+        return frozenset(spec.port for spec in self.specs if spec.port)
 
     @property
     def gpus(self) -> tuple[int, ...]:
         return tuple(gpu for replica in self.replicas for gpu in replica.gpus)
 
     def capacity(self) -> int:
-        """Requests the set runs at once: each replica's --max-batch-size (given, or LMDeploy's
-        default for its GPU), summed."""
-        first = self.replicas[0]
-        given = server_arg_value(first.extra_args, "--max-batch-size")
-        if given is None:
-            per_replica = gpu_inventory.default_max_batch_size(list(first.gpus), gpu_inventory.cached_inventory())
-        else:
-            try:
-                per_replica = max(1, int(given))
-            except ValueError:
-                raise UsageError(f"--max-batch-size in the server args must be a number, got {given!r}") from None
-        return per_replica * len(self.replicas)
+        """Requests the set runs at once, as planned: each replica's --max-batch-size (given, or
+        LMDeploy's default for its GPU), summed."""
+        return sum(replica_capacity(replica) for replica in self.replicas)
 
 
 def plan_server_set(
@@ -77,28 +70,37 @@ def plan_server_set(
     option_prefix: str = "",
     taken_gpus: frozenset[int] = frozenset(),
     avoid_ports: frozenset[int] = frozenset(),
+    placement: Placement | None = None,
 ) -> tuple[ServerSet, str | None]:
     """Check one role's options and resolve GPUs, ports and key. Returns the set and a warning.
 
     OPTION_PREFIX names the options in messages (`judge-` for the judge's). With replicas, the
     GPUs are split in order into groups of TP, and --port is the proxy's (the one clients use).
+    With a PLACEMENT (Slurm) each replica is a job that gets its GPUs from Slurm and picks its
+    port on its node; the set has a proxy here when the placement asks for one.
     """
     gpu_option, tp_option = f"--{option_prefix}gpus", f"--{option_prefix}tp"
     replicas_option = f"--{option_prefix}replicas"
     model_path = check_model(model, f"--{option_prefix}model" if option_prefix else "MODEL")
     extra = parse_server_args(server_args, f"--{option_prefix}server-args")
-    requested = gpu_inventory.parse_gpu_list(gpus, gpu_option) if gpus else None
     if tp is not None and tp < 1:
         raise UsageError(f"{tp_option} must be at least 1")
     if replicas < 1:
         raise UsageError(f"{replicas_option} must be at least 1")
-    if tp is None:
-        tp = len(requested) // replicas if requested and len(requested) % replicas == 0 else 1
-    ids, warning = gpu_inventory.assign(requested, tp * replicas, gpu_inventory.cached_inventory(), gpu_option,
-                                        (f"{tp_option} {tp}", tp_option) if replicas == 1 else
-                                        (f"{tp_option} {tp} × {replicas_option} {replicas}",
-                                         f"{tp_option} or {replicas_option}"),
-                                        taken_gpus)
+    if placement is not None:
+        if gpus:
+            raise UsageError(f"{gpu_option} names GPUs of this machine; with --launcher slurm each server gets "
+                             f"its GPUs from Slurm (--gres=gpu:TP on its node): leave {gpu_option} out")
+        tp, ids, warning = tp or 1, [], None
+    else:
+        requested = gpu_inventory.parse_gpu_list(gpus, gpu_option) if gpus else None
+        if tp is None:
+            tp = len(requested) // replicas if requested and len(requested) % replicas == 0 else 1
+        ids, warning = gpu_inventory.assign(requested, tp * replicas, gpu_inventory.cached_inventory(), gpu_option,
+                                            (f"{tp_option} {tp}", tp_option) if replicas == 1 else
+                                            (f"{tp_option} {tp} × {replicas_option} {replicas}",
+                                             f"{tp_option} or {replicas_option}"),
+                                            taken_gpus)
     if port is not None:
         if port in avoid_ports:
             raise UsageError(f"--{option_prefix}port {port} is already another server's; pick another")
@@ -113,25 +115,33 @@ def plan_server_set(
 
     key = new_api_key()  # one for all: the proxy forwards each client's header to the replicas
     proxy = None
-    if replicas > 1:
+    if replicas > 1 or (placement is not None and placement.proxy):
         proxy = ProxySpec(role=f"{role}-proxy", host=host, port=port if port is not None else fresh_port(),
                           api_key=key)
+
+    def replica_port() -> int:
+        if proxy is None and port is not None:
+            return port
+        return 0 if placement is not None else fresh_port()  # 0: the job picks one on its node
+
     specs = tuple(
         ServerSpec(
-            role=role if replicas == 1 else f"{role}-{index}",
+            role=role if proxy is None else f"{role}-{index}",  # ROLE itself names the set's front
             model=model_path,
             served_name=served_name(model_path),
             gpus=tuple(ids[index * tp:(index + 1) * tp]),
             tp=tp,
             host=host,
-            port=port if replicas == 1 and port is not None else fresh_port(),
+            port=replica_port(),
             api_key=key,
             extra_args=extra,
-            proxy_url=proxy.url if proxy else None,
+            # Jobs are registered by lmeval once healthy: a server registers itself only once,
+            # at start, without retry (slurm.md).
+            proxy_url=proxy.url if proxy and placement is None else None,
         )
         for index in range(replicas)
     )
-    return ServerSet(role, specs, proxy), warning
+    return ServerSet(role, specs, proxy, placement), warning
 
 
 @dataclass
@@ -144,14 +154,18 @@ class RunningSet:
     def servers(self) -> list[Server]:
         return ([self.proxy] if self.proxy else []) + self.replicas
 
-
-    def first_exit(self) -> tuple[Server, int] | None:
-        """A server of the set that has exited, with its code."""
+    def first_exit(self) -> tuple[Server, str] | None:
+        """A server of the set that has ended, with how it ended."""
         for server in self.servers:
-            code = server.exit_code()
-            if code is not None:
-                return server, code
+            status = server.exit_status()
+            if status is not None:
+                return server, status
         return None
+
+    def capacity(self) -> int:
+        """Requests the running replicas run at once (on Slurm, known once each job reported
+        its GPU)."""
+        return sum(server.capacity() for server in self.replicas)
 
 
 def start_set(group: ServerGroup, server_set: ServerSet) -> RunningSet:
@@ -161,12 +175,19 @@ def start_set(group: ServerGroup, server_set: ServerSet) -> RunningSet:
     if server_set.proxy is not None:
         proxy = group.start(server_set.proxy)
         wait_ready([proxy], PROXY_READY_SECONDS)
-    replicas = [group.start(spec) for spec in server_set.replicas]
+    replicas = [group.start(spec, server_set.placement) for spec in server_set.replicas]
     return RunningSet(server_set, replicas, proxy)
 
 
 def wait_set(running: RunningSet, timeout: float, on_ready=lambda server: None) -> None:
-    wait_ready(running.replicas, timeout, on_ready=on_ready)
+    """Wait until every replica is ready and the proxy routes to each: replicas here registered
+    themselves, lmeval registers the jobs as each gets ready."""
+    def ready(server: Server) -> None:
+        if running.proxy is not None and running.spec.placement is not None:
+            register(running.proxy, server)
+        on_ready(server)
+
+    wait_ready(running.replicas, timeout, on_ready=ready)
     if running.proxy is not None:
         wait_registered(running.proxy, running.replicas)
 

@@ -125,8 +125,13 @@ _MAX_BATCH_SIZE = {"a100": 384, "a800": 384, "h100": 1024, "h800": 1024, "l20y":
 DEFAULT_MAX_BATCH_SIZE = 128
 
 
-def default_max_batch_size(ids: list[int], gpus: list[Gpu] | None) -> int:
-    """What LMDeploy picks when --max-batch-size is not given, from the first GPU it sees."""
-    names = {gpu.index: gpu.name.lower() for gpu in gpus or []}
-    name = names.get(ids[0], "") if ids else ""
+def max_batch_size_for(gpu_name: str) -> int:
+    """What LMDeploy picks when --max-batch-size is not given, for a GPU of that name."""
+    name = gpu_name.lower()
     return next((size for key, size in _MAX_BATCH_SIZE.items() if key in name), DEFAULT_MAX_BATCH_SIZE)
+
+
+def default_max_batch_size(ids: list[int], gpus: list[Gpu] | None) -> int:
+    """LMDeploy's default for the first of the GPU ids IDS, as NVML names it."""
+    names = {gpu.index: gpu.name for gpu in gpus or []}
+    return max_batch_size_for(names.get(ids[0], "") if ids else "")

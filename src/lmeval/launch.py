@@ -25,6 +25,7 @@ from typing import Protocol
 import psutil
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
+from lmeval import gpus as gpu_inventory
 from lmeval import signals
 from lmeval.exceptions import ServerFailed, UsageError
 from lmeval.files import log_tail, write_private
@@ -253,10 +254,16 @@ def tagged_processes(match) -> list[psutil.Process]:
 
 @dataclass(frozen=True)
 class Stopped:
-    """What one stop really did: how many processes ended, and which still ran at its end."""
+    """What one stop really did: how many processes (or jobs) ended, in words, and what still
+    ran at its end."""
 
     ended: int
-    left: tuple[tuple[int, str], ...] = ()  # (pid, state), e.g. (1234, "disk-sleep")
+    left: tuple[str, ...] = ()  # "pid 1234 (disk-sleep)", "Slurm job 12 (COMPLETING)"
+    summary: str = ""  # "3 processes ended"; made from ENDED when not given
+
+    def __post_init__(self) -> None:
+        if not self.summary:
+            object.__setattr__(self, "summary", f"{self.ended} processes ended")
 
 
 def _pids(processes: Iterable[psutil.Process]) -> str:
@@ -314,7 +321,7 @@ def terminate(leader: psutil.Process | None, tag: str, grace: float, what: str) 
         known.update(tagged())
         left = end_processes(known.values(), what)
         return Stopped(ended=len(known) - len(left),
-                       left=tuple((process.pid, _state_of(process)) for process in left))
+                       left=tuple(f"pid {process.pid} ({_state_of(process)})" for process in left))
 
 
 class ServerState(BaseModel):
@@ -322,7 +329,7 @@ class ServerState(BaseModel):
     after the lmeval that started it was killed outright."""
 
     role: str
-    pid: int | None
+    pid: int | None  # None for a Slurm job (its processes run on a node)
     created: float  # the process's start time: tells a reused pid apart
     tag: str
     owner: str  # "pid:start time" of the lmeval that started it
@@ -333,6 +340,8 @@ class ServerState(BaseModel):
     log: str
     command: str  # redacted
     stopped: bool  # true once every process of it has ended
+    launcher: str = "local"  # or "slurm": then the server runs in a job of this user's
+    job_id: str = ""  # the Slurm job; empty while it is being submitted (its comment holds the tag)
 
     def save(self, path: Path) -> None:
         write_private(path, self.model_dump_json(indent=2))
@@ -353,15 +362,44 @@ class ServerState(BaseModel):
             raise UsageError(f"server state {path} is {reason}") from None
 
 
-class Server:
-    """One running LMDeploy process (api_server or proxy) and everything it spawned."""
+def exit_text(code: int) -> str:
+    """`exited with code 3`, or `was killed by SIGKILL` for a negative Popen return code."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
-    def __init__(self, spec: ListenerSpec, lmdeploy: Path, folder: Path, run_id: str = "") -> None:
+
+def replica_capacity(spec: ServerSpec, gpu_name: str | None = None) -> int:
+    """Requests one api_server runs at once: its --max-batch-size, given, or LMDeploy's default
+    for its GPU (by GPU_NAME when known, else by what NVML says of its GPU ids)."""
+    given = server_arg_value(spec.extra_args, "--max-batch-size")
+    if given is not None:
+        try:
+            return max(1, int(given))
+        except ValueError:
+            raise UsageError(f"--max-batch-size in the server args must be a number, got {given!r}") from None
+    if gpu_name is not None:
+        return gpu_inventory.max_batch_size_for(gpu_name)
+    return gpu_inventory.default_max_batch_size(list(spec.gpus), gpu_inventory.cached_inventory())
+
+
+class Server:
+    """One running LMDeploy process (api_server or proxy) on this machine and everything it
+    spawned. Its state file (STATE True) lets `lmeval cleanup` find it after lmeval died."""
+
+    job_id = ""  # not a Slurm job (lmeval.slurm_server.SlurmServer is)
+    node = ""
+
+    def __init__(self, spec: ListenerSpec, lmdeploy: Path, folder: Path, run_id: str = "",
+                 state: bool = True) -> None:
         self.spec = spec
         self.argv = command_line(lmdeploy, spec)
         self.folder = folder
         self.log_path = folder / f"{spec.role}.log"
-        self.state_path = folder / f"{spec.role}.json"
+        self.state_path = folder / f"{spec.role}.json" if state else None
         self.run_id = run_id
         self.tag = f"{spec.role}-{uuid.uuid4().hex[:12]}"
         self.popen: subprocess.Popen | None = None
@@ -376,6 +414,26 @@ class Server:
     def command(self) -> str:
         """The command line with the key hidden: safe to print, log and store."""
         return shlex.join(redact(self.argv, [self.spec.api_key.get_secret_value()]))
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where to connect to it; None while that is not known yet."""
+        return self.spec.client_host, self.spec.port
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        return self.spec.gpus
+
+    def started_text(self) -> str:
+        gpus = f"GPUs {_gpu_text(self.spec.gpus)}" if self.spec.gpus else "no GPU"
+        return f"started {self.name} on {gpus}, port {self.spec.port}: {self.command}"
+
+    def capacity(self) -> int:
+        return replica_capacity(self.spec)
 
     def start(self, base_env: dict[str, str] | None = None) -> None:
         # Checked when planned; another program may have taken it since.
@@ -396,14 +454,18 @@ class Server:
         self.save_state(stopped=False)
 
     def save_state(self, stopped: bool) -> None:
+        if self.state_path is None or self.popen is None:
+            return
         ServerState(
             role=self.spec.role, pid=self.popen.pid if self.popen else None, created=self.created, tag=self.tag,
             owner=owner_token(), host=self.spec.host, port=self.spec.port, url=self.spec.url,
             gpus=list(self.spec.gpus), log=str(self.log_path), command=self.command, stopped=stopped,
         ).save(self.state_path)
 
-    def exit_code(self) -> int | None:
-        return None if self.popen is None else self.popen.poll()
+    def exit_status(self) -> str | None:
+        """How it ended (`exited with code 1`), or None while it runs."""
+        code = None if self.popen is None else self.popen.poll()
+        return None if code is None else exit_text(code)
 
     def failure(self, what: str) -> ServerFailed:
         """A ServerFailed naming the server, its log tail and how to reproduce it."""
@@ -412,9 +474,13 @@ class Server:
         return ServerFailed(f"{self.name} {what}; see {self.log_path}", detail)
 
     def check_alive(self) -> None:
-        code = self.exit_code()
-        if code is not None:
-            raise self.failure(f"exited with code {code}")
+        status = self.exit_status()
+        if status is not None:
+            raise self.failure(status)
+
+    def owns_port(self) -> bool:
+        """Whether what answers on its port is this server (not another program's)."""
+        return bool(self.listening_pids())
 
     def listening_pids(self) -> set[int]:
         """PIDs in this server's process tree that listen on its port."""
@@ -474,6 +540,14 @@ def running(processes: Iterable[psutil.Process]) -> dict[int, psutil.Process]:
     return found
 
 
+class Placement(Protocol):
+    """Where servers run other than here (lmeval.slurm_server.SlurmPlacement)."""
+
+    proxy: bool  # each role's servers behind a proxy here, even one
+
+    def server(self, spec: ServerSpec, group: ServerGroup) -> Server: ...
+
+
 class StopReport(Protocol):
     """Where a stop's outcome goes (the Application): a line, and what is still running."""
 
@@ -488,12 +562,13 @@ class ServerGroup:
     """The servers of one lmeval command. Leaving the block stops every one, whatever happened."""
 
     def __init__(self, lmdeploy: Path, folder: Path, report: StopReport, run_id: str = "",
-                 grace: float = 10.0) -> None:
+                 grace: float = 10.0, state_files: bool = True) -> None:
         self.lmdeploy = lmdeploy
         self.folder = folder
         self.run_id = run_id
         self.grace = grace
         self.report = report
+        self.state_files = state_files  # off inside a Slurm job: the job's state is Slurm's
         self.servers: list[Server] = []
 
     @property
@@ -501,12 +576,15 @@ class ServerGroup:
         """Where `lmeval cleanup -w` finds these servers' state: WORK_DIR/RUN/servers/."""
         return self.folder.parent.parent
 
-    def start(self, spec: ListenerSpec) -> Server:
-        server = Server(spec, self.lmdeploy, self.folder, self.run_id)
+    def start(self, spec: ListenerSpec, placement: Placement | None = None) -> Server:
+        """Start SPEC here, or submit it as a Slurm job where PLACEMENT says (lmeval.slurm_server)."""
+        if placement is None:
+            server = Server(spec, self.lmdeploy, self.folder, self.run_id, state=self.state_files)
+        else:
+            server = placement.server(spec, self)
         self.servers.append(server)
         server.start()
-        gpus = f"GPUs {_gpu_text(spec.gpus)}" if spec.gpus else "no GPU"
-        self.report.info(f"started {server.name} on {gpus}, port {spec.port}: {server.command}")
+        self.report.info(server.started_text())
         return server
 
     def stop(self, server: Server) -> None:
@@ -515,8 +593,7 @@ class ServerGroup:
             self.servers.remove(server)
             stopped = server.stop(self.grace)
             self.report.stopped(server.name, stopped, self.work_dir)
-            if server.popen is not None:
-                server.save_state(stopped=not stopped.left)
+            server.save_state(stopped=not stopped.left)
 
     def __enter__(self) -> ServerGroup:
         return self

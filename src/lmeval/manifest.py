@@ -41,6 +41,8 @@ class ServerRecord(BaseModel):
     command: str = ""  # redacted; empty for a server lmeval did not start
     external: bool = False
     started: float | None = None
+    job_id: str = ""  # the Slurm job it runs in (--launcher slurm)
+    node: str = ""  # the Slurm node it ran on
     ready_seconds: float | None = None  # from start to ready: the model's load time
     waited_seconds: float = 0.0  # how long lmeval waited for it (less when it loaded meanwhile)
 

@@ -45,6 +45,11 @@ class EvalOptions(BaseModel):
     temperature: float | None = None
     max_out_len: int | None = None
     max_seq_len: int | None = None
+    # where the servers run
+    launcher: str = defaults.LAUNCHER
+    partition: str | None = None
+    judge_partition: str | None = None
+    slurm_args: str = ""
     # tools and timing
     lmdeploy: str | None = None
     opencompass: str | None = None

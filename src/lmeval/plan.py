@@ -12,13 +12,14 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import __version__, configgen, defaults, outputs
+from lmeval import __version__, configgen, defaults, outputs, slurm
 from lmeval.exceptions import UsageError
 from lmeval.fleet import ServerSet, plan_server_set
 from lmeval.launch import REDACTED, check_model, served_name
 from lmeval.manifest import Manifest
 from lmeval.options import EvalOptions
 from lmeval.runs import claim_new_folder, prepare_work_dir, run_folder
+from lmeval.slurm_server import SlurmPlacement, parse_slurm_args
 from lmeval.tools import LMDEPLOY, OPENCOMPASS, find_executable, installed_version
 
 
@@ -223,6 +224,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     """Check every option and input, then claim (or reopen) the run folder. Starts nothing."""
     opencompass = find_executable(OPENCOMPASS, options.opencompass)
     target_key, judge_key = options.target_key(), options.judge_key()
+    placement, judge_placement = _placements(options)
     work_dir = prepare_work_dir(options.work_dir)
     judge_only = "infer" not in stages
     if options.redo and (judge_only or not options.reuse):
@@ -241,7 +243,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     else:
         lmdeploy = find_executable(LMDEPLOY, options.lmdeploy)
         target_set = _server_set("target", options, inputs.model, notify, gpus=options.gpus, tp=options.tp,
-                                 replicas=options.replicas, port=options.port, server_args=options.server_args)
+                                 replicas=options.replicas, port=options.port, server_args=options.server_args,
+                                 placement=placement)
         target = served_model(target_set, inputs.model)
     judge = judge_set = None
     if "eval" in stages and configgen.needs_judge(inputs.datasets):
@@ -254,7 +257,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
                 "judge", options, options.judge_model, notify, gpus=options.judge_gpus, tp=options.judge_tp,
                 replicas=options.judge_replicas, port=options.judge_port, server_args=options.judge_server_args,
                 option_prefix="judge-", taken_gpus=frozenset(target_set.gpus) if target_set else frozenset(),
-                avoid_ports=target_set.ports if target_set else frozenset())
+                avoid_ports=target_set.ports if target_set else frozenset(), placement=judge_placement)
             judge = served_model(judge_set, check_model(options.judge_model, "--judge-model"))
 
     # Names OpenCompass would mangle are refused now, not after the models loaded.
@@ -263,6 +266,10 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     if "{{" in str(work_dir):
         raise UsageError(f"work dir {work_dir} contains '{{{{', which OpenCompass rewrites in its configs; "
                          "pick another -w")
+    submitted = [server_set.placement for server_set in (target_set, judge_set)
+                 if server_set is not None and server_set.placement is not None]
+    if submitted and not options.dry_run:
+        slurm.check_shared(work_dir, {placement.partition for placement in submitted})
     datasets, copies, redo_reason = inputs.datasets, (), ""
     if options.reuse and not judge_only:
         run_dir, manifest, datasets, copies, redo_reason = _reopened_run(options, work_dir, inputs, notify)
@@ -317,6 +324,20 @@ def _recorded_target(manifest: Manifest, inputs: _Inputs) -> configgen.ServedMod
         base_url=recorded.url if recorded else "http://127.0.0.1:1", api_key=UNUSED_KEY,
         served_name=recorded.served_name if recorded else inputs.model_abbr, tokenizer_path=inputs.model,
         in_flight=1)
+
+
+def _placements(options: EvalOptions) -> tuple[SlurmPlacement | None, SlurmPlacement | None]:
+    """Where the target's and the judge's servers run: here (None), or as Slurm jobs."""
+    if options.launcher == "local":
+        given = [name for name, value in (("--partition", options.partition),
+                                          ("--judge-partition", options.judge_partition),
+                                          ("--slurm-args", options.slurm_args)) if value]
+        if given:
+            raise UsageError(f"{' and '.join(given)} {'goes' if len(given) == 1 else 'go'} with --launcher slurm")
+        return None, None
+    extra = parse_slurm_args(options.slurm_args)
+    return (SlurmPlacement(options.partition, extra),
+            SlurmPlacement(options.judge_partition or options.partition, extra))
 
 
 def _server_set(role: str, options: EvalOptions, model: str, notify, **settings) -> ServerSet:

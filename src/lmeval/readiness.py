@@ -59,29 +59,32 @@ class ReadinessCheck:
         """Return when ready; raise NotReady to poll again, ServerFailed to give up."""
         server, spec = self.server, self.server.spec
         server.check_alive()
-        if not port_open(spec.client_host, spec.port):
+        address = server.address
+        if address is None:
+            raise NotReady("not started yet")
+        if not port_open(*address):
             raise NotReady("loading the model (port not open yet)")
         if not self.owned_port:
-            if not server.listening_pids():
+            if not server.owns_port():
                 server.check_alive()
-                raise server.failure(f"cannot be reached: another process answers on port {spec.port}")
+                raise server.failure(f"cannot be reached: another process answers on port {address[1]}")
             self.owned_port = True
         if isinstance(spec, ProxySpec):
             registered_nodes(self.client, spec)  # answering is ready: replicas register later
             return
         key = spec.api_key.get_secret_value()
         try:
-            models = served_models(self.client, spec.url, key)
+            models = served_models(self.client, server.url, key)
         except httpx.HTTPStatusError as error:
             if error.response.status_code in (401, 403):
-                raise server.failure(f"rejects lmeval's API key on port {spec.port}") from None
+                raise server.failure(f"rejects lmeval's API key on port {address[1]}") from None
             raise NotReady(f"/v1/models answered {error.response.status_code}") from None
         except (httpx.HTTPError, ValueError) as error:
             raise NotReady(f"/v1/models not answering ({type(error).__name__})") from None
         if spec.served_name not in models:
             raise server.failure(f"serves {models}, not {spec.served_name!r}")
         try:
-            status = self.client.get(f"{spec.url}/health").status_code
+            status = self.client.get(f"{server.url}/health").status_code
         except httpx.HTTPError as error:
             raise NotReady(f"/health not answering ({type(error).__name__})") from None
         if status != 200:
@@ -98,10 +101,36 @@ def registered_nodes(client: httpx.Client, spec: ProxySpec) -> set[str]:
         raise NotReady(f"/nodes/status not answering ({type(error).__name__})") from None
 
 
+def _node(server: Server) -> dict:
+    """The proxy's description of SERVER, as LMDeploy's api_server registers itself (0.18)."""
+    return {"url": server.url, "status": {"models": [server.spec.served_name]}}
+
+
+def register(proxy: Server, server: Server) -> None:
+    """Have the proxy route to SERVER (a Slurm job's, which cannot register itself in time)."""
+    with http_client() as client:
+        try:
+            client.post(f"{proxy.url}/nodes/add", json=_node(server),
+                        headers=auth_headers(proxy.spec.api_key.get_secret_value())).raise_for_status()
+        except httpx.HTTPError as error:
+            raise proxy.failure(f"refused to add {server.url} ({type(error).__name__})") from None
+
+
+def deregister(proxy: Server, server: Server) -> None:
+    """Have the proxy stop routing to SERVER before it stops; a proxy that is gone routes nothing."""
+    with http_client() as client:
+        try:
+            client.post(f"{proxy.url}/nodes/remove", json=_node(server),
+                        headers=auth_headers(proxy.spec.api_key.get_secret_value()))
+        except httpx.HTTPError:
+            pass
+
+
 def wait_registered(proxy: Server, replicas: Sequence[Server], timeout: float = 10.0,
                     poll_seconds: float = POLL_SECONDS) -> None:
-    """Ready replicas register with the proxy as they start; make sure it routes to every one."""
-    wanted = {replica.spec.url for replica in replicas}
+    """Ready replicas register with the proxy (or lmeval registers them); make sure it routes
+    to every one."""
+    wanted = {replica.url for replica in replicas}
     missing: set[str] = set()
     with http_client() as client:
         def all_registered() -> None:

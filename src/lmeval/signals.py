@@ -93,9 +93,11 @@ def shielded() -> Iterator[None]:
 
 
 def wait(done: Callable[[], bool], timeout: float, waiting_for: Callable[[], str], *,
-         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
-    """Poll DONE until it is true (True) or TIMEOUT seconds have passed (False); once the user
-    gave up, for SETTLE_SECONDS at most. A Ctrl-C meanwhile is answered with WAITING_FOR()."""
+         poll: float = POLL_SECONDS, clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Poll DONE every POLL seconds until it is true (True) or TIMEOUT seconds have passed
+    (False); once the user gave up, for SETTLE_SECONDS at most. A Ctrl-C meanwhile is answered
+    with WAITING_FOR()."""
     start = clock()
     deadline = start + timeout
     while not done():
@@ -107,7 +109,7 @@ def wait(done: Callable[[], bool], timeout: float, waiting_for: Callable[[], str
         if _count.notice_due:
             _count.notice_due = False
             _answer(waiting_for(), now - start)
-        sleep(min(POLL_SECONDS, deadline - now))
+        sleep(min(poll, deadline - now))
     return True
 
 

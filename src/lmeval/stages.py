@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from lmeval.manifest import RunLock, ServerRecord
 from lmeval.ocrun import PLUGIN_DIR, OpenCompassRun
 from lmeval.options import EvalOptions
 from lmeval.configgen import ServedModel
-from lmeval.plan import EvalPlan, make_plan
+from lmeval.plan import EvalPlan, in_flight, make_plan
 from lmeval.results import print_scores
 from lmeval.runs import move_aside
 from lmeval.signals import interrupt_name
@@ -79,8 +78,9 @@ class Evaluation:
         for server in running.servers:
             spec = server.spec
             self.manifest.servers[spec.role] = ServerRecord(
-                role=spec.role, model=getattr(spec, "model", ""), served_name=served.served_name, url=spec.url,
-                gpus=list(spec.gpus), tp=getattr(spec, "tp", 0), command=server.command, started=now)
+                role=spec.role, model=getattr(spec, "model", ""), served_name=served.served_name, url=server.url,
+                gpus=list(spec.gpus), tp=getattr(spec, "tp", 0), command=server.command, started=now,
+                job_id=server.job_id)
         front = running.proxy or running.replicas[0]
         self.manifest.servers[role] = self.manifest.servers[front.spec.role].model_copy(
             update={"role": role, "url": served.base_url})
@@ -129,9 +129,9 @@ class Evaluation:
 
     def dead_server(self, stage: str, watched: list[Server]) -> ServerFailed | None:
         for server in watched:
-            code = server.exit_code()
-            if code is not None:
-                failure = server.failure(f"{exit_text(code)} during {stage}")
+            status = server.exit_status()
+            if status is not None:
+                failure = server.failure(f"{status} during {stage}")
                 failure.message += f"; {self.resume_hint(stage)}"
                 return failure
         return None
@@ -245,17 +245,16 @@ class Evaluation:
             # The judge loads during inference when it has GPUs of its own.
             if judge_wanted and plan.judge_set and not plan.gpus_overlap:
                 judge = self.start_set(group, "judge", plan.judge_set, plan.judge)
-            if target:
-                self.wait(target)
-            self.run_stage("infer", self.render("infer", plan.target, None), target.servers if target else [])
+            served = self.wait(target, plan.target) if target else plan.target
+            self.run_stage("infer", self.render("infer", served, None), target.servers if target else [])
             self.check_predictions()
             self.finish_stage("infer")
             if target:
                 stop_set(group, target)
             if judge and (exited := judge.first_exit()):
-                server, code = exited
+                server, status = exited
                 raise server.failure(
-                    f"{exit_text(code)} while loading; predictions are complete: "
+                    f"{status} while loading; predictions are complete: "
                     f"continue with `lmeval judge --reuse {plan.run_id} -w {plan.work_dir}`")
         if "eval" not in stages:
             self.app.out.print(f"{plan.run_id}", markup=False)
@@ -263,9 +262,8 @@ class Evaluation:
             return
         if judge_wanted and judge is None:
             judge = self.start_set(group, "judge", plan.judge_set, plan.judge)
-        if judge:
-            self.wait(judge)
-        self.run_stage("eval", self.render("eval", plan.target, plan.judge), judge.servers if judge else [])
+        judge_served = self.wait(judge, plan.judge) if judge else plan.judge
+        self.run_stage("eval", self.render("eval", plan.target, judge_served), judge.servers if judge else [])
         scores = self.check_results()
         self.manifest.scores = [score.__dict__ for score in scores]
         self.finish_stage("eval")
@@ -282,7 +280,9 @@ class Evaluation:
         self.record_started(role, served, running)
         return running
 
-    def wait(self, running: RunningSet) -> None:
+    def wait(self, running: RunningSet, served: ServedModel) -> ServedModel:
+        """Wait until RUNNING is ready; SERVED with as many requests in flight as its servers
+        hold (on Slurm only known now: each job reports its GPU)."""
         names = ", ".join(server.spec.role for server in running.replicas)
         self.app.info(f"waiting for {names} server(s) to load")
         began = time.time()
@@ -292,10 +292,12 @@ class Evaluation:
             record = self.manifest.servers[server.spec.role]
             record.ready_seconds = round(now - (record.started or now), 3)
             record.waited_seconds = round(now - began, 3)
-            self.app.info(f"{server.spec.role} server ready at {server.spec.url}")
+            record.url, record.node, record.gpus = server.url, server.node, list(server.gpus)
+            self.app.info(f"{server.spec.role} server ready at {server.url}")
 
         wait_set(running, self.plan.ready_timeout, on_ready=ready)
         self.save()
+        return served.model_copy(update={"in_flight": in_flight(running.capacity())})
 
     def finish_stage(self, stage: str) -> None:
         record = self.manifest.stage(stage)
@@ -317,6 +319,12 @@ class Evaluation:
         for server_set in (plan.target_set, plan.judge_set):
             for spec in server_set.specs if server_set else ():
                 argv = redact(command_line(plan.lmdeploy, spec), [spec.api_key.get_secret_value()])
+                placement = server_set.placement if spec in server_set.replicas else None
+                if placement is not None:
+                    where = f"partition {placement.partition}" if placement.partition else "the default partition"
+                    self.app.out.print(f"{spec.role} server (a Slurm job in {where}, gpu:{spec.tp}; listens on its "
+                                       f"node's address and a port free there): {shlex.join(argv)}", markup=False)
+                    continue
                 gpus = ",".join(map(str, spec.gpus))
                 self.app.out.print(f"{spec.role} server (GPUs {gpus or 'none'}): "
                                    f"CUDA_VISIBLE_DEVICES={gpus} {shlex.join(argv)}", markup=False)
@@ -331,16 +339,6 @@ class Evaluation:
         self.manifest.stage("dry-run").status = "ok"
         self.save()
         return 0
-
-
-def exit_text(code: int) -> str:
-    """`exited with code 3`, or `was killed by SIGKILL` for a negative Popen return code."""
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 def evaluate(app: Application, options: EvalOptions, stages: tuple[str, ...]) -> int:

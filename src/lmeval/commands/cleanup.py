@@ -17,12 +17,14 @@ def command(ctx: typer.Context, work_dir: WorkDir = DEFAULT_WORK_DIR, grace: Gra
 
 
 def cleanup(app, *, work_dir: Path, grace: float) -> int:
-    """Servers through their state files first, then every process of this user that carries
-    lmeval's tag and whose lmeval is gone (its state file elsewhere, or never written)."""
+    """Servers through their state files first (a Slurm job's is cancelled), then every process
+    of this user that carries lmeval's tag and whose lmeval is gone (its state file elsewhere,
+    or never written)."""
     import psutil
 
     from lmeval.exceptions import UsageError
     from lmeval.launch import TAG_ENV, ServerState, live_process, owner_alive, tagged_processes, terminate
+    from lmeval.slurm_server import cancel_jobs, jobs_tagged
 
     work_dir = work_dir.expanduser().absolute()
     ended = 0
@@ -38,16 +40,22 @@ def cleanup(app, *, work_dir: Path, grace: float) -> int:
             app.info(f"{state.role} server on port {state.port} belongs to a running lmeval "
                      f"(pid {state.owner.split(':')[0]}); left alone")
             continue
-        leader = live_process(state.pid, state.created) if state.pid is not None else None
         what = f"{state.role} server of {state_path.parent.parent.name}"
-        stopped = terminate(leader, state.tag, grace, f"the {what}")
+        if state.launcher == "slurm":
+            ids = [state.job_id] if state.job_id else jobs_tagged(state.tag)
+            stopped = cancel_jobs(ids, f"the {what}", grace)
+            done = f"cancelled {what} ({stopped.summary})"
+        else:
+            leader = live_process(state.pid, state.created) if state.pid is not None else None
+            stopped = terminate(leader, state.tag, grace, f"the {what}")
+            done = f"ended {what} (port {state.port}, {stopped.ended} processes)"
         if stopped.left:
-            app.stopped(f"the {what}", stopped, work_dir)
+            app.stopped(what, stopped, work_dir)
         else:
             state.model_copy(update={"stopped": True}).save(state_path)
         if stopped.ended:
             ended += stopped.ended
-            app.info(f"ended {what} (port {state.port}, {stopped.ended} processes)")
+            app.info(done)
     orphans: dict[str, int] = defaultdict(int)
     for process in tagged_processes(lambda tag, owner: not owner_alive(owner)):
         try:
@@ -57,7 +65,7 @@ def cleanup(app, *, work_dir: Path, grace: float) -> int:
     for tag in sorted(orphans):
         stopped = terminate(None, tag, grace, f"the processes tagged {tag}")
         if stopped.left:
-            app.stopped(f"the processes tagged {tag}", stopped, work_dir)
+            app.stopped(f"processes tagged {tag}", stopped, work_dir)
         if stopped.ended:
             ended += stopped.ended
             app.info(f"ended {stopped.ended} leftover process(es) tagged {tag}")

@@ -21,6 +21,7 @@ from lmeval.commands.options import (
     Host,
     JudgeGpus,
     JudgeModel,
+    JudgePartition,
     JudgePort,
     JudgeReplicas,
     JudgerKey,
@@ -28,17 +29,21 @@ from lmeval.commands.options import (
     JudgerServer,
     JudgeServerArgs,
     JudgeTp,
+    Launcher,
+    LauncherOption,
     Lmdeploy,
     MaxOutLen,
     MaxSeqLen,
     Name,
     Opencompass,
+    Partition,
     Port,
     ReadyTimeout,
     Redo,
     Replicas,
     Reuse,
     ServerArgs,
+    SlurmArgs,
     Task,
     Temperature,
     Tp,
@@ -53,6 +58,7 @@ def evaluate(ctx: typer.Context, stages: Stages, values: dict) -> None:
     from lmeval.options import EvalOptions
     from lmeval.stages import evaluate as body
 
+    values["launcher"] = values["launcher"].value
     options = EvalOptions(**{key: value for key, value in values.items() if value is not None})
     ctx.obj.run(lambda application: body(application, options, stages))
 
@@ -74,6 +80,10 @@ def _target_command(stages: Stages, doc: str):
         port: Port = None,
         host: Host = defaults.HOST,
         server_args: ServerArgs = "",
+        launcher: LauncherOption = Launcher.local,
+        partition: Partition = None,
+        judge_partition: JudgePartition = None,
+        slurm_args: SlurmArgs = "",
         api_server: ApiServer = None,
         api_key: ApiKey = None,
         api_key_file: ApiKeyFile = None,
@@ -122,6 +132,10 @@ def judge(
     judger_key: JudgerKey = None,
     judger_key_file: JudgerKeyFile = None,
     host: Host = defaults.HOST,
+    launcher: LauncherOption = Launcher.local,
+    judge_partition: JudgePartition = None,
+    partition: Partition = None,
+    slurm_args: SlurmArgs = "",
     lmdeploy: Lmdeploy = None,
     opencompass: Opencompass = None,
     ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,

@@ -4,6 +4,7 @@ builds every command from these."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,6 +49,22 @@ ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar=defaults.API_
                                                "or --api-key-file, out of ps and shell history).")]
 ApiKeyFile = Annotated[Optional[Path], typer.Option("--api-key-file", help="File whose first line is the key of "
                                                     "--api-server.")]
+
+# Where servers run
+class Launcher(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
+LauncherOption = Annotated[Launcher, typer.Option("--launcher", help="Where the servers run: local (GPUs of this "
+                                                  "machine) or slurm (each server a Slurm job on a node of its own; "
+                                                  "the work dir must be shared with the nodes).")]
+Partition = Annotated[Optional[str], typer.Option("--partition", help="Slurm partition of the servers "
+                                                  "(default: the cluster's default).")]
+JudgePartition = Annotated[Optional[str], typer.Option("--judge-partition", help="Slurm partition of the judge "
+                                                       "(default: --partition).")]
+SlurmArgs = Annotated[str, typer.Option("--slurm-args", help='Extra sbatch flags for every server job, e.g. '
+                                        '"--account a --qos q --time 4:00:00 --constraint h200".')]
 
 # The judge server
 JudgeModel = Annotated[str, typer.Option("--judge-model", help="Judge model folder or hub id.")]

@@ -16,6 +16,11 @@ busy (both measured with bench/inference_bench.py on 2 cores):
 - The garbage collector is frozen once the model is built (after every import of the task
   process, before any request): otherwise each full collection walks torch's and transformers'
   objects too, 0.3-0.4 s with every request thread stopped.
+
+And one that keeps answers honest: LMDeploy's proxy answers a request it could not deliver (a
+node that died, whose health check has not yet dropped it) with HTTP 200 and a body
+`{"error_code": 10402, "text": ...}`. That is a failed request, raised as one (OpenAISDK then
+retries it), never an answer.
 """
 import gc
 import threading
@@ -23,6 +28,10 @@ import threading
 import httpx
 from opencompass.models import OpenAISDK
 from opencompass.registry import MODELS
+
+
+class ProxyError(RuntimeError):
+    """A request the proxy could not deliver, though it answered HTTP 200."""
 
 
 @MODELS.register_module()
@@ -33,6 +42,22 @@ class LmevalOpenAISDK(OpenAISDK):
         super().__init__(*args, http_client_cfg=http_client_cfg, **kwargs)
         gc.collect()
         gc.freeze()
+
+    def _create_fresh_client(self):
+        client = super()._create_fresh_client()
+        completions = client.chat.completions
+        create = completions.create
+
+        def checked(*args, **kwargs):
+            response = create(*args, **kwargs)
+            code = getattr(response, "error_code", None)
+            if code is not None:
+                raise ProxyError(f"LMDeploy's proxy answered error_code {code} "
+                                 f"({getattr(response, 'text', '')!r}): the node it chose did not answer")
+            return response
+
+        completions.create = checked
+        return client
 
     @property
     def openai_client(self):
