@@ -79,3 +79,18 @@ def test_options_that_do_not_go_together_are_refused(tmp_path, extra, message):
                                      "--lmdeploy", "/bin/true", "-w", str(tmp_path / "out"), *extra])
     assert (shown.exit_code, shown.stderr) == (2, f"lmeval: error: {message}\n")
     assert not (tmp_path / "out").is_dir() or list((tmp_path / "out").iterdir()) == []  # no run made
+
+
+def test_a_dry_run_shows_each_job_and_what_its_node_fills_in(tmp_path):
+    model = tmp_path / "demo-model"
+    model.mkdir()
+    shown = CliRunner().invoke(app, ["infer", str(model), "--task", "chat", "--launcher", "slurm", "--partition", "gpu",
+                                     "--replicas", "2", "--tp", "2", "--opencompass", "/bin/true", "--lmdeploy",
+                                     "/bin/true", "-w", str(tmp_path / "out"), "--dry-run"])
+    assert shown.exit_code == 0, shown.stderr
+    jobs = [line for line in shown.stdout.splitlines() if "(a Slurm job" in line]
+    assert jobs == [f"target-{i} server (a Slurm job in partition gpu, gpu:2): /bin/true serve api_server {model} "
+                    "--server-name NODE_ADDRESS --server-port FREE_PORT --tp 2 --model-name demo-model --api-keys '***'"
+                    for i in (0, 1)]
+    assert [line.split(" (")[0] for line in shown.stdout.splitlines() if "server (" in line] == [
+        "target-proxy server", "target-0 server", "target-1 server"]

@@ -322,8 +322,10 @@ class Evaluation:
                 placement = server_set.placement if spec in server_set.replicas else None
                 if placement is not None:
                     where = f"partition {placement.partition}" if placement.partition else "the default partition"
-                    self.app.out.print(f"{spec.role} server (a Slurm job in {where}, gpu:{spec.tp}; listens on its "
-                                       f"node's address and a port free there): {shlex.join(argv)}", markup=False)
+                    chosen_there = {"--server-name": "NODE_ADDRESS", "--server-port": "FREE_PORT"}
+                    argv = [chosen_there.get(previous, arg) for previous, arg in zip(["", *argv], argv)]
+                    self.app.out.print(f"{spec.role} server (a Slurm job in {where}, gpu:{spec.tp}): "
+                                       f"{shlex.join(argv)}", markup=False)
                     continue
                 gpus = ",".join(map(str, spec.gpus))
                 self.app.out.print(f"{spec.role} server (GPUs {gpus or 'none'}): "
