@@ -145,13 +145,13 @@ CASES = [
                "check the URL and that it runs"),
     ("lmdeploy missing", lambda c: c.run_args("--lmdeploy", str(c.folder / "no-lmdeploy")),
      lambda c: f"lmdeploy executable not found or not executable: {c.folder}/no-lmdeploy; "
-               "install it in its own venv and pass --lmdeploy PATH or set LMEVAL_LMDEPLOY"),
+               "run `lmeval setup`, or pass --lmdeploy PATH or set LMEVAL_LMDEPLOY"),
     ("lmdeploy not executable", lambda c: c.run_args("--lmdeploy", str(c.bad)),
      lambda c: f"lmdeploy executable not found or not executable: {c.bad}; "
-               "install it in its own venv and pass --lmdeploy PATH or set LMEVAL_LMDEPLOY"),
+               "run `lmeval setup`, or pass --lmdeploy PATH or set LMEVAL_LMDEPLOY"),
     ("opencompass missing", lambda c: c.run_args("--opencompass", str(c.folder / "no-opencompass")),
      lambda c: f"opencompass executable not found or not executable: {c.folder}/no-opencompass; "
-               "install it in its own venv and pass --opencompass PATH or set LMEVAL_OPENCOMPASS"),
+               "run `lmeval setup`, or pass --opencompass PATH or set LMEVAL_OPENCOMPASS"),
     ("work dir is a file", lambda c: c.run_args("-w", str(c.file)),
      lambda c: f"work dir {c.file} is not a folder; pick another -w"),
     ("work dir under a file", lambda c: c.run_args("-w", str(c.file / "out")),
@@ -185,14 +185,14 @@ def test_bad_input_is_refused_before_anything_starts(args, message, ctx):
 
 
 def test_executables_missing_from_path_and_environment(ctx):
-    env = dict(ctx.env, PATH=str(ctx.folder / "empty-bin"))
+    env = dict(ctx.env, PATH=str(ctx.folder / "empty-bin"), LMEVAL_HOME=str(ctx.folder / "no-setup"))
     args = ["run", str(MODELS / "demo-chat"), "--dataset", str(ctx.scenario.qa), "-w", str(ctx.work)]
     lm, took, before = _refused(ctx, args, env)
     _assert_refused(ctx, lm, took, before, "opencompass executable not found or not executable: opencompass; "
-                    "install it in its own venv and pass --opencompass PATH or set LMEVAL_OPENCOMPASS")
+                    "run `lmeval setup`, or pass --opencompass PATH or set LMEVAL_OPENCOMPASS")
     lm, took, before = _refused(ctx, [*args, "--opencompass", str(OPENCOMPASS)], env)
     _assert_refused(ctx, lm, took, before, "lmdeploy executable not found or not executable: lmdeploy; "
-                    "install it in its own venv and pass --lmdeploy PATH or set LMEVAL_LMDEPLOY")
+                    "run `lmeval setup`, or pass --lmdeploy PATH or set LMEVAL_LMDEPLOY")
 
 
 def test_unwritable_work_dir(ctx):

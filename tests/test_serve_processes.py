@@ -283,7 +283,7 @@ def test_missing_lmdeploy_is_one_line_and_exit_2(lmeval_runner, model, tmp_path)
     assert lm.popen.returncode == 2
     assert lm.stderr_lines == [
         ("lmeval: error: lmdeploy executable not found or not executable: /nonexistent/lmdeploy; "
-         "install it in its own venv and pass --lmdeploy PATH or set LMEVAL_LMDEPLOY"),
+         "run `lmeval setup`, or pass --lmdeploy PATH or set LMEVAL_LMDEPLOY"),
     ]
     assert lm.stdout_lines == []
     assert not work.exists()

@@ -55,9 +55,10 @@ STANDIN_ENV = {
 
 def lmeval_env(**extra: str) -> dict[str, str]:
     """What an lmeval under test runs with: this process's environment without any STANDIN_ or
-    LMEVAL_ setting of its own, then STANDIN_ENV, then EXTRA."""
+    LMEVAL_ setting of its own, then STANDIN_ENV and LMEVAL_HOME (the project's venvs, as
+    scripts/setup made them with `lmeval setup`), then EXTRA."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("STANDIN_", "LMEVAL_"))}
-    return {**env, **STANDIN_ENV, **extra}
+    return {**env, **STANDIN_ENV, "LMEVAL_HOME": str(VENVS), **extra}
 
 
 # ---------------------------------------------------------------- waiting

@@ -1,4 +1,5 @@
-"""Finding the LMDeploy and OpenCompass executables, each living in its own venv."""
+"""Finding the LMDeploy and OpenCompass executables, each living in its own venv (made by
+`lmeval setup`, or by the user)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,20 @@ OPENCOMPASS = Tool("opencompass", "--opencompass", "LMEVAL_OPENCOMPASS")
 
 
 def find_executable(tool: Tool, given: str | None) -> Path:
-    """Resolve the option, else the environment variable, else PATH; refuse what cannot run."""
-    raw = given or os.environ.get(tool.env_var) or tool.name
+    """Resolve the option, else the environment variable, else what `lmeval setup` made, else
+    PATH; refuse what cannot run."""
+    from lmeval.toolvenvs import recorded_executable
+
+    raw = given or os.environ.get(tool.env_var)
+    if raw is None and (made := recorded_executable(tool.name)) is not None:
+        raw = str(made)
+    raw = raw or tool.name
     found = shutil.which(raw) if os.sep not in raw else raw
     path = Path(found) if found else None
     if path is None or not path.is_file() or not os.access(path, os.X_OK):
         raise UsageError(
             f"{tool.name} executable not found or not executable: {raw}; "
-            f"install it in its own venv and pass {tool.option} PATH or set {tool.env_var}"
+            f"run `lmeval setup`, or pass {tool.option} PATH or set {tool.env_var}"
         )
     return path.absolute()
 
