@@ -156,6 +156,21 @@ CASES = [
      lambda c: f"work dir {c.file} is not a folder; pick another -w"),
     ("work dir under a file", lambda c: c.run_args("-w", str(c.file / "out")),
      lambda c: f"cannot create work dir {c.file}/out: Not a directory; pick another -w"),
+    ("extra body not JSON", lambda c: c.run_args("--extra-body", "{chat_template_kwargs: 1}"),
+     lambda c: "--extra-body is not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); "
+               """give a JSON object, like '{"chat_template_kwargs": {"enable_thinking": true}}'"""),
+    ("extra body not an object", lambda c: c.run_args("--extra-body", "[1, 2]"),
+     lambda c: """--extra-body must be a JSON object, like '{"chat_template_kwargs": {"enable_thinking": true}}'; """
+               "got a list"),
+    ("extra body and an option set one thing", lambda c: c.run_args("--top-k", "5", "--extra-body", '{"top_k": 6}'),
+     lambda c: "--extra-body sets top_k and so does --top-k; give it once"),
+    ("top-p out of range", lambda c: c.run_args("--top-p", "1.5"),
+     lambda c: "bad generation setting: --top-p Input should be less than or equal to 1"),
+    ("judger key file missing", lambda c: c.run_args("--judger-server", "http://127.0.0.1:9",
+                                                     "--judger-key-file", str(c.folder / "no-key")),
+     lambda c: f"--judger-key-file {c.folder}/no-key: cannot read it (No such file or directory)"),
+    ("partition without slurm", lambda c: c.run_args("--partition", "gpu"),
+     lambda c: "--partition goes with --launcher slurm"),
     ("redo without reuse", lambda c: c.run_args("--redo"),
      lambda c: "--redo goes with lmeval run/infer --reuse RUN: it redoes that run's inference"),
 ]

@@ -90,3 +90,29 @@ def test_replicas_behind_the_real_proxy_share_the_work(scenario, tmp_path, lmeva
     manifest = json.loads((run_dir / "lmeval.json").read_text())
     assert manifest["servers"]["target"]["url"] == manifest["servers"]["target-proxy"]["url"]
     assert [manifest["servers"][f"target-{i}"]["gpus"] for i in (0, 1)] == [[0], [1]]
+
+
+@pytest.mark.usefixtures("venvs")
+def test_generation_settings_reach_the_server_and_are_part_of_the_run(scenario, tmp_path, lmeval_runner):
+    """--top-p/--top-k/--repetition-penalty/--extra-body are in every request body the server
+    gets, in the manifest, and in the fingerprint: a reuse with another value is refused."""
+    work_dir, requests = tmp_path / "out", tmp_path / "requests.jsonl"
+    settings = ["--top-p", "0.95", "--top-k", "20", "--repetition-penalty", "1.05",
+                "--extra-body", '{"chat_template_kwargs": {"enable_thinking": true}}']
+    args = [str(MODELS / "demo-chat"), "--dataset", str(scenario.mc), "--gpus", "0", "-w", str(work_dir), *TOOLS]
+    infer = lmeval_runner.run("infer", *args, *settings, work_dir=work_dir, timeout=E2E_SECONDS,
+                              env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_REQUEST_LOG=str(requests)))
+    assert infer.poll() == 0, infer.transcript()
+    bodies = [json.loads(line) for line in requests.read_text().splitlines()]
+    assert len(bodies) == 5  # the five multiple-choice rows
+    for body in bodies:
+        assert (body["top_p"], body["top_k"], body["repetition_penalty"]) == (0.95, 20, 1.05)
+        assert body["chat_template_kwargs"] == {"enable_thinking": True}
+    run_id = infer.stdout.strip()
+    generation = json.loads((work_dir / run_id / "lmeval.json").read_text())["inputs"]["generation"]
+    assert generation["extra_body"] == {"chat_template_kwargs": {"enable_thinking": True}}
+    assert (generation["top_p"], generation["top_k"], generation["repetition_penalty"]) == (0.95, 20, 1.05)
+    other = [*settings[:3], "40", *settings[4:]]
+    refused = lmeval_runner.run("infer", *args, *other, "--reuse", run_id, work_dir=work_dir)
+    assert refused.poll() == 2, refused.transcript()
+    assert refused.stderr_lines[-1].startswith(f"lmeval: error: run {run_id} was inferred with top-k 20, not 40; ")

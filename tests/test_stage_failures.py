@@ -1,35 +1,67 @@
-"""A stage whose OpenCompass fails: real lmeval and stand-in servers, and an `opencompass` that
-dies at import as a broken install does (exit 1). lmeval decides from the files, says so in one
-line, records the stage `failed` in the manifest, and leaves no process."""
+"""OpenCompass broken in the two ways a fresh install breaks it, with real lmeval and stand-in
+servers: lmeval says what OpenCompass said, in one line, records the stage `failed`, and leaves
+no process.
+
+- An `opencompass` whose command dies at import (exit 1, the ImportError in its log): the stage
+  fails, and its error line carries OpenCompass's exit code and last exception.
+- A venv where OpenCompass cannot be imported at all (pyarrow wanting NumPy 2, as a venv made
+  without `pyarrow<21`): the preflight finds it while a 60 s model loads and lmeval stops at
+  once, long before the model is ready.
+"""
 
 from __future__ import annotations
 
 import pytest
 from scenarios import make_chain_scenario
-from toolkit import MODELS, STANDIN, read_json, only_run
+from toolkit import MODELS, STANDIN, VENVS, only_run, read_json
 
-pytestmark = pytest.mark.processes
+pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
-BROKEN_OPENCOMPASS = """#!/bin/sh
-echo "Traceback (most recent call last):" >&2
-echo "ImportError: pyarrow requires NumPy 2.0 or newer" >&2
-exit 1
-"""
+NUMPY_2 = "pyarrow requires NumPy 2.0 or newer"
+REAL_PYTHON = VENVS / "opencompass" / "bin" / "python"
 
 
-def test_opencompass_failing_at_import_fails_the_stage_and_records_it(lmeval_runner, tmp_path):
+def dies_at_import(folder):
+    """An `opencompass` command on the real venv's Python that raises as it starts."""
+    script = folder / "bin" / "opencompass"
+    script.parent.mkdir(parents=True)
+    script.write_text(f"#!{REAL_PYTHON}\nraise ImportError({NUMPY_2!r})\n")
+    script.chmod(0o755)
+    return script
+
+
+def unimportable_venv(folder):
+    """A venv whose `import pyarrow` fails as it does with NumPy 1 and pyarrow 21: its python
+    runs the real one with a pyarrow that raises first on the path."""
+    shadow = folder / "shadow" / "pyarrow"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"raise ImportError({NUMPY_2!r})\n")
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    python = bin_dir / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={shadow.parent}${{PYTHONPATH:+:$PYTHONPATH}} exec {REAL_PYTHON} "$@"\n')
+    opencompass = bin_dir / "opencompass"
+    opencompass.write_text(f"#!{python}\nimport sys\nfrom opencompass.cli.main import main\nsys.exit(main())\n")
+    for path in (python, opencompass):
+        path.chmod(0o755)
+    return opencompass
+
+
+def infer(lmeval_runner, tmp_path, opencompass, **env):
     scenario = make_chain_scenario(tmp_path / "data")
-    broken = tmp_path / "bin" / "opencompass"
-    broken.parent.mkdir()
-    broken.write_text(BROKEN_OPENCOMPASS)
-    broken.chmod(0o755)
     work_dir = tmp_path / "out"
-    lm = lmeval_runner.run("infer", str(MODELS / "demo-chat"), "--dataset", str(scenario.mc), "--gpus", "0",
-                           "-w", str(work_dir), "--lmdeploy", str(STANDIN), "--opencompass", str(broken),
-                           work_dir=work_dir)
-    assert lm.poll() == 1, lm.transcript()
+    return work_dir, lmeval_runner.start(
+        "infer", str(MODELS / "demo-chat"), "--dataset", str(scenario.mc), "--gpus", "0", "-w", str(work_dir),
+        "--lmdeploy", str(STANDIN), "--opencompass", str(opencompass), env=lmeval_runner.env(**env), work_dir=work_dir)
+
+
+def test_opencompass_failing_at_import_fails_the_stage_with_its_own_error(lmeval_runner, tmp_path):
+    work_dir, lm = infer(lmeval_runner, tmp_path, dies_at_import(tmp_path / "broken"))
+    assert lm.wait(120) == 1, lm.transcript()
     run_dir = only_run(work_dir)
-    message = (f"inference failed for choices: no predictions written; see the logs below, then resume with "
+    log = run_dir / "lmeval" / "opencompass_infer.log"
+    message = (f"inference failed for choices: no predictions written (OpenCompass exited with code 1: "
+               f"ImportError: {NUMPY_2}, in {log}); see the logs below, then resume with "
                f"`lmeval infer ... --reuse {run_dir.name}`")
     assert lm.stderr_lines[-2:] == [f"lmeval: error: {message}",
                                     f"(OpenCompass wrote no task log under {run_dir}/logs/infer/demo-chat)"]
@@ -37,6 +69,21 @@ def test_opencompass_failing_at_import_fails_the_stage_and_records_it(lmeval_run
     assert lm.stdout == ""
     manifest = read_json(run_dir / "lmeval.json")
     assert (manifest["stages"]["infer"]["status"], manifest["stages"]["infer"]["message"]) == ("failed", message)
-    assert "ImportError" in (run_dir / "lmeval" / "opencompass_infer.log").read_text()
     assert read_json(run_dir / "servers" / "target.json")["stopped"] is True
+    assert lmeval_runner.leftovers() == []
+
+
+def test_an_opencompass_that_cannot_import_fails_before_the_model_has_loaded(lmeval_runner, tmp_path):
+    work_dir, lm = infer(lmeval_runner, tmp_path, unimportable_venv(tmp_path / "venv"), STANDIN_LOAD_SECONDS="60")
+    assert lm.wait(60) == 1, lm.transcript()
+    took = lm.ended - lm.started
+    assert took < 30, f"lmeval took {took:.1f} s to fail; the model loads for 60"
+    run_dir = only_run(work_dir)
+    message = (f"OpenCompass cannot run this evaluation: ImportError: {NUMPY_2} (found before any stage ran; see "
+               f"{run_dir}/lmeval/preflight.log); fix OpenCompass's venv (`lmeval setup`) or the inputs, then rerun")
+    assert lm.stderr_lines[-1] == f"lmeval: error: {message}", lm.transcript()
+    assert "lmeval: stopped target server (1 processes ended)" in lm.stderr_lines
+    manifest = read_json(run_dir / "lmeval.json")
+    assert (manifest["stages"]["infer"]["status"], manifest["stages"]["infer"]["message"]) == ("failed", message)
+    assert not (run_dir / "predictions").exists()
     assert lmeval_runner.leftovers() == []

@@ -39,6 +39,7 @@ would be rewritten there, so such strings are refused (UsageError) instead.
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -286,6 +287,19 @@ class Generation(BaseModel):
     max_seq_len: int = Field(ge=1)
     mode: Literal["none", "front", "mid", "rear"]  # how OpenAISDK cuts an over-long prompt
     retry: int = Field(default=10, ge=1)
+    # Sampling LMDeploy's server takes beyond OpenAI's (None: the server's default), and any
+    # other fields of the request body (e.g. chat_template_kwargs for reasoning models).
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    extra_body: dict[str, Any] | None = None
+
+    def request_body(self) -> dict[str, Any] | None:
+        """What OpenAISDK adds to every request's JSON body (its `extra_body`)."""
+        body = {key: value for key in ("top_p", "top_k", "repetition_penalty")
+                if (value := getattr(self, key)) is not None}
+        body.update(self.extra_body or {})
+        return body or None
 
 
 # LMDeploy's template: the model under test, and CompassVerifier as the judge.
@@ -369,6 +383,7 @@ def check_plan(plan: ConfigPlan) -> None:
     for item in plan.datasets:
         if isinstance(item, UserDataset):
             strings += [("dataset file", item.path), ("dataset name", item.name)]
+    strings += [("--extra-body", text) for text in _strings_in(plan.generation.extra_body)]
     for what, value in strings:
         if "{{" in value:
             shown = "(hidden)" if what.endswith("API key") else repr(value)
@@ -376,6 +391,17 @@ def check_plan(plan: ConfigPlan) -> None:
                 f"{what} {shown} contains '{{{{': OpenCompass re-reads its config through mmengine, "
                 "which rewrites '{{ ... }}' in it; rename it"
             )
+
+
+def _strings_in(value: Any) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in (key, *_strings_in(item))]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings_in(item)]
+    return []
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,8 +444,9 @@ INDENT = "    "
 
 
 def py_value(value: Any, level: int = 0) -> str:
-    """Python source for VALUE: dict (identifier keys, written `dict(...)`), list, str, int,
-    float, bool, None and Code. Multi-line strings are split into adjacent literals."""
+    """Python source for VALUE: dict (written `dict(key=...)`, or `dict([(key, ...)])` for keys
+    that are no identifiers), list, str, int, float, bool, None and Code. Multi-line strings are
+    split into adjacent literals."""
     pad, inner = INDENT * level, INDENT * (level + 1)
     if isinstance(value, Code):
         return value.text
@@ -438,11 +465,14 @@ def py_value(value: Any, level: int = 0) -> str:
     if isinstance(value, dict):
         if not value:
             return "dict()"
-        for key in value:
-            if not (isinstance(key, str) and key.isidentifier()):
-                raise ValueError(f"dict key is not an identifier: {key!r}")
-        items = "".join(f"{inner}{key}={py_value(item, level + 1)},\n" for key, item in value.items())
-        return "dict(\n" + items + pad + ")"
+        if not all(isinstance(key, str) for key in value):
+            raise ValueError(f"dict keys must be strings: {list(value)!r}")
+        if all(key.isidentifier() and not keyword.iskeyword(key) for key in value):
+            items = "".join(f"{inner}{key}={py_value(item, level + 1)},\n" for key, item in value.items())
+            return "dict(\n" + items + pad + ")"
+        # Keys that are no identifiers (a request body's "top-k"): pairs, still without a brace.
+        pairs = "".join(f"{inner}({py_str(key)}, {py_value(item, level + 1)}),\n" for key, item in value.items())
+        return "dict([\n" + pairs + pad + "])"
     if isinstance(value, (list, tuple)):
         if not value:
             return "[]"
@@ -541,6 +571,7 @@ def _model(plan: ConfigPlan, imports: _Imports) -> dict[str, Any]:
         max_seq_len=gen.max_seq_len,
         mode=gen.mode,
         retry=gen.retry,
+        extra_body=gen.request_body(),
         # OpenICLInferConcurrentTask: max_workers is the one semaphore over all datasets.
         max_workers=target.in_flight,
         batch_size=target.in_flight,

@@ -4,6 +4,9 @@ nothing heavy to show them."""
 
 JUDGE_MODEL = "opencompass/CompassVerifier-32B"
 JUDGE_TP = 2
+# The judge server's --session-len unless --judge-server-args sets it: LMDeploy's evaluation
+# guide starts CompassVerifier so; long predictions otherwise fail at the judge.
+JUDGE_SESSION_LEN = 65536
 REPLICAS = 1
 HOST = "127.0.0.1"
 WORK_DIR = "outputs"

@@ -179,7 +179,7 @@ def start_set(group: ServerGroup, server_set: ServerSet) -> RunningSet:
     return RunningSet(server_set, replicas, proxy)
 
 
-def wait_set(running: RunningSet, timeout: float, on_ready=lambda server: None) -> None:
+def wait_set(running: RunningSet, timeout: float, on_ready=lambda server: None, meanwhile=lambda: None) -> None:
     """Wait until every replica is ready and the proxy routes to each: replicas here registered
     themselves, lmeval registers the jobs as each gets ready."""
     def ready(server: Server) -> None:
@@ -187,7 +187,7 @@ def wait_set(running: RunningSet, timeout: float, on_ready=lambda server: None) 
             register(running.proxy, server)
         on_ready(server)
 
-    wait_ready(running.replicas, timeout, on_ready=ready)
+    wait_ready(running.replicas, timeout, on_ready=ready, meanwhile=meanwhile)
     if running.proxy is not None:
         wait_registered(running.proxy, running.replicas)
 

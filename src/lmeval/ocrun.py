@@ -1,20 +1,26 @@
-"""The OpenCompass CLI as a child lmeval supervises: its own session, its output in a log,
-tagged like the servers so a stop or `lmeval cleanup` finds its task processes too."""
+"""OpenCompass's processes as children lmeval supervises: the CLI for a stage, and the preflight
+that checks OpenCompass's half of a run while the servers load. Each in its own session, its
+output in a log, tagged like the servers so a stop or `lmeval cleanup` finds its task
+processes too."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import uuid
 from pathlib import Path
 
 import psutil
 
+from lmeval.exceptions import StageFailed
+from lmeval.files import log_tail
 from lmeval.launch import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
 
 STOP_GRACE_SECONDS = 5.0
 # Modules lmeval's configs name, for OpenCompass's own processes (lmeval never imports them).
 PLUGIN_DIR = Path(__file__).resolve().parent / "opencompass_plugin"
+_PREFLIGHT_RESULT = re.compile(r"^lmeval preflight: (ok|failed: .*)$", re.MULTILINE)
 
 
 def opencompass_env(base: dict[str, str]) -> dict[str, str]:
@@ -29,21 +35,31 @@ def opencompass_argv(executable: Path, config: Path, mode: str, work_dir: Path, 
     return [str(executable), str(config), "-m", mode, "-w", str(work_dir), "-r", run_id]
 
 
-class OpenCompassRun:
-    def __init__(self, executable: Path, config: Path, mode: str, work_dir: Path, run_id: str,
-                 cwd: Path, log_path: Path) -> None:
-        self.argv = opencompass_argv(executable, config, mode, work_dir, run_id)
-        self.mode = mode
+def venv_python(executable: Path) -> Path:
+    """The Python an installed script such as `opencompass` runs on: the one its first line
+    names (its venv's), else the python beside it."""
+    try:
+        with open(executable, "rb") as handle:
+            first = handle.readline(512)
+    except OSError:
+        first = b""
+    if first.startswith(b"#!") and first[2:].split():
+        return Path(first[2:].split()[0].decode(errors="replace"))
+    return executable.parent / "python"
+
+
+class OpenCompassProcess:
+    """One process in OpenCompass's venv, started with ARGV in CWD, its output in LOG_PATH."""
+
+    def __init__(self, argv: list[str], name: str, cwd: Path, log_path: Path, run_id: str) -> None:
+        self.argv = argv
+        self.name = name
         self.cwd = cwd
         self.log_path = log_path
         self.run_id = run_id
-        self.tag = f"opencompass-{mode}-{uuid.uuid4().hex[:12]}"
+        self.tag = f"opencompass-{uuid.uuid4().hex[:12]}"
         self.popen: subprocess.Popen | None = None
         self.created = 0.0
-
-    @property
-    def name(self) -> str:
-        return f"OpenCompass {self.mode}"
 
     def start(self) -> None:
         # OpenCompass writes tmp/, icl_inference_output/ and a dataset size cache into its
@@ -62,9 +78,74 @@ class OpenCompassRun:
         return self.popen.poll() if self.popen else None
 
     def stop(self) -> Stopped:
-        """End OpenCompass and its task processes (found by tag even after it exited)."""
+        """End it and its task processes (found by tag even after it exited)."""
         leader = live_process(self.popen.pid, self.created) if self.popen else None
         stopped = terminate(leader, self.tag, STOP_GRACE_SECONDS, f"{self.name}'s processes")
         if self.popen is not None:
             self.popen.poll()
         return stopped
+
+
+class OpenCompassRun(OpenCompassProcess):
+    """`opencompass CONFIG -m MODE -w WORK_DIR -r RUN` for one stage."""
+
+    def __init__(self, executable: Path, config: Path, mode: str, work_dir: Path, run_id: str,
+                 cwd: Path, log_path: Path) -> None:
+        super().__init__(opencompass_argv(executable, config, mode, work_dir, run_id), f"OpenCompass {mode}",
+                         cwd, log_path, run_id)
+
+
+class PreflightFailed(StageFailed):
+    """OpenCompass's half of the run cannot work: found before any stage ran."""
+
+
+class Preflight(OpenCompassProcess):
+    """OpenCompass's half of a run, checked while the servers load (lmeval_preflight): its
+    imports, the configs through its own loader, the local tokenizers."""
+
+    def __init__(self, executable: Path, configs: list[Path], tokenizers: list[str], cwd: Path, log_path: Path,
+                 run_id: str) -> None:
+        argv = [str(venv_python(executable)), "-m", "lmeval_preflight", *map(str, configs)]
+        for tokenizer in tokenizers:
+            argv += ["--tokenizer", tokenizer]
+        super().__init__(argv, "OpenCompass's preflight", cwd, log_path, run_id)
+        self.stopped_early = False
+
+    def stop(self) -> Stopped:
+        self.stopped_early = self.poll() is None
+        return super().stop()
+
+    def failure(self) -> PreflightFailed | None:
+        """Why the check failed, once it ended; None while it runs, when it passed, or when
+        lmeval stopped it before it ended (the stage took over)."""
+        code = self.poll()
+        if code is None or self.stopped_early:
+            return None
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        results = _PREFLIGHT_RESULT.findall(text)
+        if code == 0 and results and results[-1] == "ok":
+            return None
+        said = results[-1].removeprefix("failed: ") if results else (
+            last_error(self.log_path) or f"it exited with code {code} before it could say why")
+        return PreflightFailed(f"OpenCompass cannot run this evaluation: {said} (found before any stage ran; "
+                               f"see {self.log_path}); fix OpenCompass's venv (`lmeval setup`) or the inputs, "
+                               "then rerun")
+
+    def check(self) -> None:
+        """Raise its failure, if it has failed by now."""
+        failure = self.failure()
+        if failure is not None:
+            raise failure
+
+
+ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$")
+
+
+def last_error(log: Path, lines: int = 400) -> str | None:
+    """The last exception line (`ImportError: pyarrow requires NumPy 2.0 or newer`) among the
+    last LINES lines of LOG, or None."""
+    found = [line.strip() for line in log_tail(log, lines).splitlines() if ERROR_LINE.match(line.strip())]
+    return found[-1] if found else None

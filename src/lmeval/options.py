@@ -45,6 +45,10 @@ class EvalOptions(BaseModel):
     temperature: float | None = None
     max_out_len: int | None = None
     max_seq_len: int | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    extra_body: str | None = None  # a JSON object, checked by the plan
     # where the servers run
     launcher: str = defaults.LAUNCHER
     partition: str | None = None

@@ -64,10 +64,15 @@ def result_error(run_dir: Path, model: str, dataset: str) -> str | None:
     return None
 
 
+def task_logs(run_dir: Path, stage: str, model: str, datasets: list[str]) -> list[Path]:
+    """The task logs that cover DATASETS (the stage's every task log, where none is named so)."""
+    logs = [task_log(run_dir, stage, model, name) for name in datasets]
+    return [log for log in logs if log.is_file()] or sorted((run_dir / "logs" / stage / model).glob("*.out"))
+
+
 def failure_report(run_dir: Path, stage: str, model: str, datasets: list[str]) -> str:
     """The tail of each task log that covers a failed dataset, for the user to see why."""
-    logs = [task_log(run_dir, stage, model, name) for name in datasets]
-    logs = [log for log in logs if log.is_file()] or sorted((run_dir / "logs" / stage / model).glob("*.out"))
+    logs = task_logs(run_dir, stage, model, datasets)
     if not logs:
         return f"(OpenCompass wrote no task log under {run_dir / 'logs' / stage / model})"
     parts = []

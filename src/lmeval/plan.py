@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from lmeval import __version__, configgen, defaults, outputs, slurm
 from lmeval.exceptions import UsageError
 from lmeval.fleet import ServerSet, plan_server_set
-from lmeval.launch import REDACTED, check_model, served_name
+from lmeval.launch import REDACTED, check_model, parse_server_args, served_name, server_arg_value
 from lmeval.manifest import Manifest
 from lmeval.options import EvalOptions
 from lmeval.runs import claim_new_folder, prepare_work_dir, run_folder
@@ -129,7 +129,8 @@ def fingerprint_inputs(model: str, model_abbr: str, datasets: tuple[configgen.Da
             items.append(["suite", item.name])
         else:
             items.append(["file", item.name, item.kind, hashlib.sha256(Path(item.path).read_bytes()).hexdigest()])
-    return {"model": model, "abbr": model_abbr, "datasets": items, "generation": generation.model_dump()}
+    # Settings left unset are left out: runs made before they existed keep their fingerprint.
+    return {"model": model, "abbr": model_abbr, "datasets": items, "generation": generation.model_dump(exclude_none=True)}
 
 
 def fingerprint_of(inputs: dict) -> str:
@@ -163,13 +164,30 @@ def describe_change(old: dict, new: dict) -> str:
 
 
 def _generation(options: EvalOptions) -> configgen.Generation:
-    overrides = {key: value for key in ("temperature", "max_out_len", "max_seq_len")
-                 if (value := getattr(options, key)) is not None}
+    settings = ("temperature", "max_out_len", "max_seq_len", "top_p", "top_k", "repetition_penalty")
+    overrides = {key: value for key in settings if (value := getattr(options, key)) is not None}
+    if options.extra_body is not None:
+        overrides["extra_body"] = _extra_body(options.extra_body, overrides)
     try:
         return configgen.Generation(**{**configgen.TARGET_GENERATION.model_dump(), **overrides})
     except ValueError as error:
-        raise UsageError(f"bad generation setting: {error.errors()[0]['loc'][0]} "
+        raise UsageError(f"bad generation setting: --{str(error.errors()[0]['loc'][0]).replace('_', '-')} "
                          f"{error.errors()[0]['msg']}") from None
+
+
+def _extra_body(text: str, options: dict) -> dict:
+    """--extra-body as the JSON object it must be, without a key an option of its own sets."""
+    example = """like '{"chat_template_kwargs": {"enable_thinking": true}}'"""
+    try:
+        body = json.loads(text)
+    except ValueError as error:
+        raise UsageError(f"--extra-body is not JSON ({error}); give a JSON object, {example}") from None
+    if not isinstance(body, dict):
+        raise UsageError(f"--extra-body must be a JSON object, {example}; got a {type(body).__name__}")
+    for key in ("top_p", "top_k", "repetition_penalty"):
+        if key in body and key in options:
+            raise UsageError(f"--extra-body sets {key} and so does --{key.replace('_', '-')}; give it once")
+    return body
 
 
 def _existing_run(work_dir: Path, run_id: str) -> tuple[Path, Manifest]:
@@ -255,7 +273,9 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
             lmdeploy = lmdeploy or find_executable(LMDEPLOY, options.lmdeploy)
             judge_set = _server_set(
                 "judge", options, options.judge_model, notify, gpus=options.judge_gpus, tp=options.judge_tp,
-                replicas=options.judge_replicas, port=options.judge_port, server_args=options.judge_server_args,
+                replicas=options.judge_replicas, port=options.judge_port,
+                server_args=with_default(options.judge_server_args, "--session-len", str(defaults.JUDGE_SESSION_LEN),
+                                         "--judge-server-args"),
                 option_prefix="judge-", taken_gpus=frozenset(target_set.gpus) if target_set else frozenset(),
                 avoid_ports=target_set.ports if target_set else frozenset(), placement=judge_placement)
             judge = served_model(judge_set, check_model(options.judge_model, "--judge-model"))
@@ -324,6 +344,13 @@ def _recorded_target(manifest: Manifest, inputs: _Inputs) -> configgen.ServedMod
         base_url=recorded.url if recorded else "http://127.0.0.1:1", api_key=UNUSED_KEY,
         served_name=recorded.served_name if recorded else inputs.model_abbr, tokenizer_path=inputs.model,
         in_flight=1)
+
+
+def with_default(server_args: str, flag: str, value: str, option: str) -> str:
+    """SERVER_ARGS with `FLAG VALUE` added unless they set FLAG themselves."""
+    if server_arg_value(parse_server_args(server_args, option), flag) is not None:
+        return server_args
+    return f"{flag} {value} {server_args}".strip()
 
 
 def _placements(options: EvalOptions) -> tuple[SlurmPlacement | None, SlurmPlacement | None]:

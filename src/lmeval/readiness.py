@@ -152,13 +152,16 @@ def wait_ready(
     timeout: float,
     on_ready: Callable[[Server], None] = lambda server: None,
     poll_seconds: float = POLL_SECONDS,
+    meanwhile: Callable[[], None] = lambda: None,
 ) -> None:
-    """Poll every server until all are ready; a crash of any of them ends the wait at once."""
+    """Poll every server until all are ready; a crash of any of them ends the wait at once, and
+    so does MEANWHILE raising (a check that runs while the servers load)."""
     with http_client() as client:
         pending = [ReadinessCheck(server, client) for server in servers]
         waiting: dict[str, str] = {}
 
         def poll_all() -> None:
+            meanwhile()
             for check in list(pending):
                 try:
                     check.probe()

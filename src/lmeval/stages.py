@@ -20,7 +20,7 @@ from lmeval.files import write_private
 from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
 from lmeval.launch import Server, ServerGroup, command_line, redact
 from lmeval.manifest import RunLock, ServerRecord
-from lmeval.ocrun import PLUGIN_DIR, OpenCompassRun
+from lmeval.ocrun import PLUGIN_DIR, OpenCompassRun, Preflight, PreflightFailed, last_error
 from lmeval.options import EvalOptions
 from lmeval.configgen import ServedModel
 from lmeval.plan import EvalPlan, in_flight, make_plan
@@ -47,6 +47,8 @@ class Evaluation:
         self.run_dir = plan.run_dir
         # A watched server that died as OpenCompass was ending: the cause, if outputs are missing.
         self.server_failure: ServerFailed | None = None
+        self.preflight: Preflight | None = None  # set when the stages start
+        self.opencompass_codes: dict[str, int | None] = {}  # stage -> how OpenCompass exited
 
     # ------------------------------------------------------------ plumbing
 
@@ -90,6 +92,8 @@ class Evaluation:
 
     def run_stage(self, stage: str, config: Path, watched: list[Server]) -> None:
         """Run OpenCompass for STAGE, stopping it at once if a watched server dies."""
+        self.preflight.check()  # the servers are ready: what it found by now, or nothing
+        self.stop_preflight()  # the stage itself does the rest of what it checks
         record = self.manifest.stage(stage)
         record.status, record.started, record.message = "running", time.time(), ""
         self.save()
@@ -99,6 +103,7 @@ class Evaluation:
         try:
             oc.start()
             self.supervise(stage, oc, watched)
+            self.opencompass_codes[stage] = oc.poll()
         except BaseException as error:
             self.app.stopped(oc.name, oc.stop(), self.plan.work_dir)
             record.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
@@ -149,6 +154,17 @@ class Evaluation:
             parts.append(f"{abbr} {done}/{total if total is not None else '?'}")
         return ", ".join(parts)
 
+    def opencompass_said(self, stage: str, datasets: list[str]) -> str:
+        """` (OpenCompass exited with code 1: ImportError: ..., in LOG)`: its exit code, if not 0,
+        and the last exception in the task logs of DATASETS or else in its own log; empty when
+        there is neither."""
+        logs = [*outputs.task_logs(self.run_dir, stage, self.plan.model_abbr, datasets),
+                self.run_dir / "lmeval" / f"opencompass_{stage}.log"]
+        said = next((f"{line}, in {log}" for log in logs if (line := last_error(log))), "")
+        code = self.opencompass_codes.get(stage)
+        parts = [f"OpenCompass exited with code {code}"] * bool(code) + [said] * bool(said)
+        return f" ({': '.join(parts)})" if parts else ""
+
     def stage_failed(self, stage: str, error: StageFailed) -> StageFailed:
         """Record in the manifest that STAGE failed (found from its outputs); return ERROR to raise."""
         record = self.manifest.stage(stage)
@@ -163,7 +179,8 @@ class Evaluation:
             raise self.stage_failed("infer", self.server_failure)
         if missing:
             raise self.stage_failed("infer", StageFailed(
-                f"inference failed for {', '.join(missing)}: no predictions written; "
+                f"inference failed for {', '.join(missing)}: no predictions written"
+                f"{self.opencompass_said('infer', missing)}; "
                 f"see the logs below, then resume with `lmeval infer ... --reuse {self.plan.run_id}`",
                 outputs.failure_report(self.run_dir, "infer", self.plan.model_abbr, missing),
             ))
@@ -183,7 +200,8 @@ class Evaluation:
         if failed:
             listing = "; ".join(f"{name} ({why})" for name, why in failed.items())
             raise self.stage_failed("eval", StageFailed(
-                f"evaluation failed for {listing}; see the logs below, then retry with "
+                f"evaluation failed for {listing}{self.opencompass_said('eval', list(failed))}; "
+                "see the logs below, then retry with "
                 f"`lmeval judge --reuse {self.plan.run_id} -w {self.plan.work_dir}`",
                 outputs.failure_report(self.run_dir, "eval", self.plan.model_abbr, list(failed)),
             ))
@@ -233,8 +251,40 @@ class Evaluation:
             shutil.copyfile(source, target)
 
     def execute_stages(self, group: ServerGroup, stages: tuple[str, ...]) -> None:
+        """The stages, with OpenCompass's half of them checked while the servers load."""
+        infer = "infer" in stages and not self.plan.predictions_complete()
+        to_run = ("infer",) * infer + ("eval",) * ("eval" in stages)
+        self.preflight = self.start_preflight(to_run)
+        try:
+            self.run_stages(group, stages, infer)
+        except PreflightFailed as error:
+            raise self.stage_failed(to_run[0], error) from None
+        finally:
+            self.stop_preflight()
+
+    def stop_preflight(self) -> None:
+        """Stop the preflight if it still runs; said only if that left something running."""
+        if self.preflight.poll() is None and (stopped := self.preflight.stop()).left:
+            self.app.stopped(self.preflight.name, stopped, self.plan.work_dir)
+
+    def start_preflight(self, stages: tuple[str, ...]) -> Preflight:
+        """Start OpenCompass's preflight on the configs of STAGES, written with the servers as
+        planned (each stage writes its own again when it starts), and on the local tokenizers.
+        It runs while the servers load; a failure stops them at once. Once they are ready, the
+        stage itself does what it checks, so it is stopped then: it never delays a stage."""
         plan = self.plan
-        infer = "infer" in stages and not plan.predictions_complete()
+        configs = [self.render(stage, plan.target, plan.judge if stage == "eval" else None) for stage in stages]
+        tokenizers = [plan.target.tokenizer_path] if "infer" in stages else []
+        if "eval" in stages and plan.judge is not None:
+            tokenizers.append(plan.judge.tokenizer_path)
+        preflight = Preflight(plan.opencompass, configs, [t for t in dict.fromkeys(tokenizers) if Path(t).is_dir()],
+                              cwd=self.run_dir / "lmeval" / "opencompass_cwd",
+                              log_path=self.run_dir / "lmeval" / "preflight.log", run_id=plan.run_id)
+        preflight.start()
+        return preflight
+
+    def run_stages(self, group: ServerGroup, stages: tuple[str, ...], infer: bool) -> None:
+        plan = self.plan
         judge_wanted = "eval" in stages and plan.judge is not None
         target = judge = None
         if "infer" in stages and not infer:
@@ -295,7 +345,7 @@ class Evaluation:
             record.url, record.node, record.gpus = server.url, server.node, list(server.gpus)
             self.app.info(f"{server.spec.role} server ready at {server.url}")
 
-        wait_set(running, self.plan.ready_timeout, on_ready=ready)
+        wait_set(running, self.plan.ready_timeout, on_ready=ready, meanwhile=self.preflight.check)
         self.save()
         return served.model_copy(update={"in_flight": in_flight(running.capacity())})
 

@@ -62,6 +62,8 @@ Environment variables (the real CLI has no such flags):
                              this many seconds (default 900).
   STANDIN_SHUTDOWN_TIMEOUT   max seconds a graceful shutdown waits for
                              in-flight requests (default 30).
+  STANDIN_REQUEST_LOG        path: the JSON body of every chat/completions
+                             request is appended to it, one line each.
 
 Judge mode (automatic, checked before the answer key): if the last user
 message contains OpenCompass's grader markers
@@ -675,6 +677,14 @@ class App:
         self.created = int(time.time())
         self.shutting_down = threading.Event()
 
+    def record_request(self, body: dict) -> None:
+        """STANDIN_REQUEST_LOG: every generation request's JSON body, one line each."""
+        path = os.environ.get('STANDIN_REQUEST_LOG')
+        if path:
+            line = json.dumps(body) + '\n'
+            with self.sent_lock, open(path, 'a', encoding='utf-8') as log:
+                log.write(line)
+
     def healthy(self) -> bool:
         return self.bound_at is not None and time.monotonic() - self.bound_at >= self.warmup
 
@@ -929,6 +939,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _generate(self, chat: bool):
         app, st = self.app, self.app.stats
         req = self._json_request()
+        app.record_request(req)
         if 'model' not in req:
             raise ClientError(400, 'model: Field required')
         field = 'messages' if chat else 'prompt'

@@ -33,6 +33,12 @@ Name = Annotated[Optional[str], typer.Option("--name", help="Model name in the r
 Temperature = Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature (0.6).")]
 MaxOutLen = Annotated[Optional[int], typer.Option("--max-out-len", help="Max new tokens (64000).")]
 MaxSeqLen = Annotated[Optional[int], typer.Option("--max-seq-len", help="Max prompt+answer tokens (65536).")]
+TopP = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling (default: the server's).")]
+TopK = Annotated[Optional[int], typer.Option("--top-k", help="Top-k sampling (default: the server's).")]
+RepetitionPenalty = Annotated[Optional[float], typer.Option("--repetition-penalty",
+                                                            help="Repetition penalty (default: the server's).")]
+ExtraBody = Annotated[Optional[str], typer.Option("--extra-body", help='More request fields as a JSON object, e.g. '
+                                                  '\'{"chat_template_kwargs": {"enable_thinking": true}}\'.')]
 
 # The model server
 Gpus = Annotated[Optional[str], typer.Option("--gpus", help="GPU ids for the model, like 0,1 (default: free GPUs).")]
