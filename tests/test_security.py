@@ -62,8 +62,9 @@ def test_keys_are_in_no_log_output_or_manifest(chain):
     holding = _files_holding(chain.work_dir, keys)
     assert holding and all(CONFIG_FILES.fullmatch(path) for path in holding), sorted(holding)
     manifest = read_json(chain.run_dir / "lmeval.json")
-    assert all(record["command"].endswith("--api-keys '***' --max-batch-size 2")
-               for record in manifest["servers"].values())
+    ends = {"target": "--api-keys '***' --max-batch-size 2",
+            "judge": "--api-keys '***' --session-len 65536 --max-batch-size 2"}  # the judge's default first
+    assert {role: record["command"][-len(ends[role]):] for role, record in manifest["servers"].items()} == ends
 
 
 def test_what_lmeval_writes_is_owner_only(chain):
