@@ -121,3 +121,60 @@ def test_the_chat_suite_judges_mmlu_pro_as_one_row_over_its_fourteen_datasets():
     assert rows["mmlu_pro"] == [f"mmlu_pro_{c.replace(' ', '_')}" for c in configgen.MMLU_PRO_CATEGORIES]
     assert rows["GPQA_diamond_repeat_4"] == ["GPQA_diamond_repeat_4"]
     assert "IFEval" not in rows and "lcb_code_generation_repeat_6" not in rows  # scored by rule
+
+
+def dry_infer(model: Path, work_dir: Path, *extra: str, env: dict[str, str] | None = None):
+    return lmeval("infer", str(model), "--task", "chat", "--datasets", "ifeval", "--gpus", "0", "-w", str(work_dir),
+                  "--opencompass", "/bin/true", "--lmdeploy", "/bin/true", "--dry-run", *extra, env=env)
+
+
+def target_line(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith("target server (GPUs 0): "))
+
+
+def test_the_work_dirs_defaults_file_fills_in_what_the_command_line_leaves(model, tmp_path):
+    work_dir = tmp_path / "out"
+    work_dir.mkdir()
+    (work_dir / "lmeval.toml").write_text('server_args = "--session-len 4096"\ntemperature = 0.2\n'
+                                          'extra_body = { chat_template_kwargs = { enable_thinking = true } }\n')
+    shown = dry_infer(model, work_dir)
+    assert shown.exit_code == 0, shown.stderr
+    assert target_line(shown.stdout).endswith("--api-keys '***' --session-len 4096")
+    run_dir = next(path for path in work_dir.iterdir() if path.is_dir())
+    generation = json.loads((run_dir / "lmeval.json").read_text())["inputs"]["generation"]
+    assert generation["temperature"] == 0.2
+    assert generation["extra_body"] == {"chat_template_kwargs": {"enable_thinking": True}}
+    given = dry_infer(model, work_dir, "--server-args", "--session-len 8192", "--temperature", "0.6")
+    assert given.exit_code == 0, given.stderr
+    assert target_line(given.stdout).endswith("--api-keys '***' --session-len 8192")  # the command line wins
+
+
+@pytest.mark.parametrize("content, message", [
+    ('judge_gpu = "1"\n', "unknown key 'judge_gpu'; it takes: lmdeploy, opencompass, work_dir, gpus, tp, host, "
+                          "server_args, judge_model, judge_gpus, judge_tp, judge_replicas, judge_server_args, launcher, "
+                          "partition, judge_partition, slurm_args, ready_timeout, grace, temperature, max_out_len, "
+                          "max_seq_len, top_p, top_k, repetition_penalty, extra_body"),
+    ('judge_tp = "two"\n', "judge_tp: Input should be a valid integer, unable to parse string as an integer"),
+    ('launcher = "k8s"\n', "launcher: Input should be 'local' or 'slurm'"),
+    ('work_dir = "/elsewhere"\n', "work_dir cannot be set in a work dir's own lmeval.toml; put it in a file you "
+                                  "pass with --config"),
+    ('temperature = \n', "is not valid TOML: Invalid value (at line 1, column 15)"),
+])
+def test_a_defaults_file_that_is_wrong_is_named_with_its_key(model, tmp_path, content, message):
+    work_dir = tmp_path / "out"
+    work_dir.mkdir()
+    (work_dir / "lmeval.toml").write_text(content)
+    shown = dry_infer(model, work_dir)
+    separator = " " if message.startswith("is not") else ": "
+    assert (shown.exit_code, shown.stderr) == (2, f"lmeval: error: {work_dir / 'lmeval.toml'}{separator}{message}\n")
+
+
+def test_a_config_file_may_name_the_work_dir(model, tmp_path):
+    config = tmp_path / "team.toml"
+    config.write_text(f'work_dir = "{tmp_path / "team-runs"}"\n')
+    shown = lmeval("infer", str(model), "--task", "chat", "--datasets", "ifeval", "--gpus", "0", "--config", str(config),
+                   "--opencompass", "/bin/true", "--lmdeploy", "/bin/true", "--dry-run")
+    assert shown.exit_code == 0, shown.stderr
+    assert shown.stdout.splitlines()[0].startswith("run 2") and f" in {tmp_path / 'team-runs'}/" in shown.stdout
+    missing = dry_infer(model, tmp_path / "out", "--config", str(tmp_path / "nope.toml"))
+    assert (missing.exit_code, missing.stderr) == (2, f"lmeval: error: --config {tmp_path / 'nope.toml'}: no such file\n")

@@ -13,6 +13,7 @@ from lmeval.commands.options import (
     ApiKey,
     ApiKeyFile,
     ApiServer,
+    ConfigFile,
     DatasetFiles,
     DatasetNames,
     DryRun,
@@ -58,13 +59,20 @@ Stages = tuple[str, ...]
 
 
 def evaluate(ctx: typer.Context, stages: Stages, values: dict) -> None:
-    """Run STAGES with the options VALUES (None: not given, the default applies)."""
+    """Run STAGES with the options VALUES, completed from the defaults file (None: not given,
+    the default applies)."""
+    from lmeval import defaults_file
     from lmeval.options import EvalOptions
     from lmeval.stages import evaluate as body
 
-    values["launcher"] = values["launcher"].value
-    options = EvalOptions(**{key: value for key, value in values.items() if value is not None})
-    ctx.obj.run(lambda application: body(application, options, stages))
+    def run(application) -> int:
+        config = values.pop("config")
+        values["launcher"] = values["launcher"].value
+        merged, _ = defaults_file.apply(values, defaults_file.given_options(ctx), config)
+        options = EvalOptions(**{key: value for key, value in merged.items() if value is not None})
+        return body(application, options, stages)
+
+    ctx.obj.run(run)
 
 
 def _target_command(stages: Stages, doc: str):
@@ -112,6 +120,7 @@ def _target_command(stages: Stages, doc: str):
         ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,
         grace: Grace = defaults.GRACE,
         dry_run: DryRun = False,
+        config: ConfigFile = None,
     ) -> None:
         values = {key: value for key, value in locals().items() if key != "ctx"}
         values["dataset_files"] = tuple(dataset_files or ())
@@ -149,6 +158,7 @@ def judge(
     ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,
     grace: Grace = defaults.GRACE,
     dry_run: DryRun = False,
+    config: ConfigFile = None,
 ) -> None:
     """Judged evaluation of an earlier run's predictions."""
     values = {key: value for key, value in locals().items() if key != "ctx"}

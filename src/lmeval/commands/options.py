@@ -89,4 +89,8 @@ JudgerKey = Annotated[Optional[str], typer.Option("--judger-key", envvar=default
 JudgerKeyFile = Annotated[Optional[Path], typer.Option("--judger-key-file", help="File whose first line is the key "
                                                        "of --judger-server.")]
 
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="A defaults file (TOML) for what a team sets "
+                                                   "once; default: WORK_DIR/lmeval.toml if there is one. Options "
+                                                   "given here win.")]
+
 DEFAULT_WORK_DIR = Path(defaults.WORK_DIR)

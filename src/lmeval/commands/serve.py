@@ -11,6 +11,7 @@ import typer
 from lmeval import defaults
 from lmeval.commands.options import (
     DEFAULT_WORK_DIR,
+    ConfigFile,
     Gpus,
     Grace,
     Host,
@@ -45,12 +46,20 @@ def command(
     launcher: LauncherOption = Launcher.local,
     partition: Partition = None,
     slurm_args: SlurmArgs = "",
+    config: ConfigFile = None,
 ) -> None:
     """Start one LMDeploy server with a fresh API key (on loopback, or as a Slurm job on its
     node's address); Ctrl-C stops it."""
-    ctx.obj.run(serve, model=model, gpus=gpus, tp=tp, port=port, host=host, server_args=server_args,
-                lmdeploy=lmdeploy, work_dir=work_dir, ready_timeout=ready_timeout, grace=grace,
-                launcher=launcher.value, partition=partition, slurm_args=slurm_args)
+    from lmeval import defaults_file
+
+    values = {key: value for key, value in locals().items() if key not in ("ctx", "config", "defaults_file")}
+    values["launcher"] = launcher.value
+
+    def run(application) -> int:
+        merged, _ = defaults_file.apply(values, defaults_file.given_options(ctx), config)
+        return serve(application, **merged)
+
+    ctx.obj.run(run)
 
 
 def serve(app, *, model: str, gpus: str | None, tp: int | None, port: int | None, host: str,
