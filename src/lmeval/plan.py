@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import __version__, configgen, defaults, outputs, slurm
+from lmeval import __version__, configgen, defaults, foreign, outputs, slurm
 from lmeval.exceptions import UsageError
 from lmeval.fleet import ServerSet, plan_server_set
 from lmeval.launch import REDACTED, check_model, parse_server_args, served_name, server_arg_value
-from lmeval.manifest import Manifest
+from lmeval.manifest import MANIFEST_NAME, Manifest
 from lmeval.options import EvalOptions
 from lmeval.runs import claim_new_folder, prepare_work_dir, run_folder
 from lmeval.slurm_server import SlurmPlacement, parse_slurm_args
@@ -248,7 +248,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     if options.redo and (judge_only or not options.reuse):
         raise UsageError("--redo goes with lmeval run/infer --reuse RUN: it redoes that run's inference")
     if judge_only:
-        run_dir, manifest, inputs = _judged_run(options, work_dir)
+        run_dir, manifest, inputs = _judged_run(options, work_dir, notify)
     else:
         inputs = _inputs_from_options(options)
     lmdeploy = None
@@ -316,11 +316,13 @@ def _inputs_from_options(options: EvalOptions) -> _Inputs:
                    generation=_generation(options))
 
 
-def _judged_run(options: EvalOptions, work_dir: Path) -> tuple[Path, Manifest, _Inputs]:
-    """`lmeval judge --reuse RUN`: the run, and what it inferred, as its manifest recorded it."""
+def _judged_run(options: EvalOptions, work_dir: Path, notify) -> tuple[Path, Manifest, _Inputs]:
+    """`lmeval judge --reuse RUN`: the run, and what it inferred, as its manifest recorded it
+    (or, for a run lmeval did not make, as its OpenCompass config and predictions show)."""
     if not options.reuse:
         raise UsageError("lmeval judge needs --reuse RUN: the run whose predictions to judge")
-    run_dir, manifest = _existing_run(work_dir, options.reuse)
+    run_dir = run_folder(work_dir, options.reuse)
+    manifest = Manifest.load(run_dir) if (run_dir / MANIFEST_NAME).exists() else _adopted(run_dir, notify)
     recorded = manifest.inputs
     inputs = _Inputs(
         model=recorded["model"], model_abbr=manifest.model_abbr,
@@ -335,6 +337,21 @@ def _judged_run(options: EvalOptions, work_dir: Path) -> tuple[Path, Manifest, _
         raise UsageError(f"run {options.reuse} lacks predictions for {', '.join(missing)}; "
                          f"finish inference with lmeval infer ... --reuse {options.reuse}")
     return run_dir, manifest, inputs
+
+
+def _adopted(run_dir: Path, notify) -> Manifest:
+    """A manifest for a run lmeval did not make, from what its folder shows (written by the
+    stage, beside the outputs, which stay as they are)."""
+    found = foreign.read_run(run_dir)
+    datasets = configgen.resolve_datasets(found.task, found.datasets, found.files)
+    names = ", ".join(configgen.dataset_abbrs(datasets))
+    notify(f"run {run_dir.name} was not made by lmeval: judging model {found.model_abbr} on {names}, as "
+           f"{found.config.relative_to(run_dir)} and predictions/ show them")
+    inputs_now = fingerprint_inputs(found.model, found.model_abbr, datasets, found.generation)
+    return Manifest(run_id=run_dir.name, model_abbr=found.model_abbr, fingerprint=fingerprint_of(inputs_now),
+                    fingerprint_inputs=inputs_now,
+                    inputs={"model": found.model, "task": found.task, "datasets": found.datasets, "files": found.files,
+                            "name": found.model_abbr, "generation": found.generation.model_dump()})
 
 
 def _recorded_target(manifest: Manifest, inputs: _Inputs) -> configgen.ServedModel:
