@@ -25,7 +25,20 @@ import psutil
 
 from lmeval.configgen import JUDGE_BATCH_FACTOR
 from lmeval.readiness import http_client
-from toolkit import MODELS, TOOLS, Lmeval, Runner, describe, lmeval_env, only_run, read_json, running, stats, wait_until
+from toolkit import (
+    MODELS,
+    TOOLS,
+    VENVS,
+    Lmeval,
+    Runner,
+    describe,
+    lmeval_env,
+    only_run,
+    read_json,
+    running,
+    stats,
+    wait_until,
+)
 
 
 def judge_agrees(reply: str, gold: str) -> bool:
@@ -70,6 +83,29 @@ def make_scenario(folder: Path) -> Scenario:
     """A QA file (3 of 5 answered right) and a multiple-choice file (4 of 5), with the key:
     the first five rows of the chain's QA file and its multiple-choice file."""
     return Scenario(*write_scenario(folder, QA_ROWS[:5], MC_ROWS))
+
+
+# ---------------------------------------------------------------- a broken OpenCompass
+
+NUMPY_2 = "pyarrow requires NumPy 2.0 or newer"
+
+
+def unimportable_venv(folder):
+    """A venv whose `import pyarrow` fails as it does with NumPy 1 and pyarrow 21: its python
+    runs the real one with a pyarrow that raises first on the path."""
+    shadow = folder / "shadow" / "pyarrow"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"raise ImportError({NUMPY_2!r})\n")
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    python = bin_dir / "python"
+    real = VENVS / "opencompass" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={shadow.parent}${{PYTHONPATH:+:$PYTHONPATH}} exec {real} "$@"\n')
+    opencompass = bin_dir / "opencompass"
+    opencompass.write_text(f"#!{python}\nimport sys\nfrom opencompass.cli.main import main\nsys.exit(main())\n")
+    for path in (python, opencompass):
+        path.chmod(0o755)
+    return opencompass
 
 
 # ---------------------------------------------------------------- watching a server

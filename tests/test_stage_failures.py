@@ -12,12 +12,11 @@ no process.
 from __future__ import annotations
 
 import pytest
-from scenarios import make_chain_scenario
+from scenarios import NUMPY_2, make_chain_scenario, unimportable_venv
 from toolkit import MODELS, STANDIN, VENVS, only_run, read_json
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
-NUMPY_2 = "pyarrow requires NumPy 2.0 or newer"
 REAL_PYTHON = VENVS / "opencompass" / "bin" / "python"
 
 
@@ -28,23 +27,6 @@ def dies_at_import(folder):
     script.write_text(f"#!{REAL_PYTHON}\nraise ImportError({NUMPY_2!r})\n")
     script.chmod(0o755)
     return script
-
-
-def unimportable_venv(folder):
-    """A venv whose `import pyarrow` fails as it does with NumPy 1 and pyarrow 21: its python
-    runs the real one with a pyarrow that raises first on the path."""
-    shadow = folder / "shadow" / "pyarrow"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(f"raise ImportError({NUMPY_2!r})\n")
-    bin_dir = folder / "bin"
-    bin_dir.mkdir()
-    python = bin_dir / "python"
-    python.write_text(f'#!/bin/sh\nPYTHONPATH={shadow.parent}${{PYTHONPATH:+:$PYTHONPATH}} exec {REAL_PYTHON} "$@"\n')
-    opencompass = bin_dir / "opencompass"
-    opencompass.write_text(f"#!{python}\nimport sys\nfrom opencompass.cli.main import main\nsys.exit(main())\n")
-    for path in (python, opencompass):
-        path.chmod(0o755)
-    return opencompass
 
 
 def infer(lmeval_runner, tmp_path, opencompass, **env):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmeval.commands import cleanup, evaluate, job, results, serve, setup, tasks
+from lmeval.commands import cleanup, doctor, evaluate, job, results, serve, setup, tasks
 
 app = typer.Typer(
     name="lmeval",
@@ -38,6 +38,7 @@ app.command("tasks")(tasks.command)
 app.command("serve")(serve.command)
 app.command("cleanup")(cleanup.command)
 app.command("setup")(setup.command)
+app.command("doctor")(doctor.command)
 app.command("slurm-job", hidden=True)(job.command)
 
 
