@@ -97,6 +97,12 @@ class Score:
 _VERDICT = re.compile(r"A|B")
 
 
+def verdict(reply: object) -> str | None:
+    """The judge's verdict in REPLY as OpenCompass reads it: "A" (correct), "B", or None."""
+    found = _VERDICT.search(reply) if isinstance(reply, str) else None
+    return found.group() if found else None
+
+
 @dataclass(frozen=True)
 class JudgeReplies:
     total: int
@@ -133,7 +139,7 @@ def judge_replies(run_dir: Path, model: str, datasets: list[str]) -> JudgeReplie
             replies = entry.get("prediction") if isinstance(entry, dict) else None
             for reply in replies if isinstance(replies, list) else [replies]:
                 total += 1
-                if not isinstance(reply, str) or not _VERDICT.search(reply):
+                if verdict(reply) is None:
                     invalid += 1
     return JudgeReplies(total, invalid)
 
