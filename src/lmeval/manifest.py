@@ -17,9 +17,9 @@ from pydantic import BaseModel, Field
 
 from lmeval.exceptions import UsageError
 from lmeval.files import write_private
+from lmeval.runs import LOCK_NAME
 
 MANIFEST_NAME = "lmeval.json"
-LOCK_NAME = ".lmeval.lock"
 
 
 class StageRecord(BaseModel):

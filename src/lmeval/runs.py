@@ -13,6 +13,7 @@ from lmeval.exceptions import UsageError
 
 RUN_ID_FORMAT = "%Y%m%d_%H%M%S"
 RUN_ID_PATTERN = re.compile(r"\d{8}_\d{6}")
+LOCK_NAME = ".lmeval.lock"  # held by the lmeval working on a run (lmeval.manifest.RunLock)
 
 
 def prepare_work_dir(work_dir: Path) -> Path:
