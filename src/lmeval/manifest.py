@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from lmeval.exceptions import UsageError
 from lmeval.files import write_private
-from lmeval.runs import LOCK_NAME
+from lmeval.runs import LOCK_NAME, lock_pid
 
 MANIFEST_NAME = "lmeval.json"
 
@@ -98,7 +98,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            holder = lock_pid(fd) or "another process"
             os.close(fd)
             raise UsageError(
                 f"run {self.path.parent.name} is in use by another lmeval (pid {holder}); "

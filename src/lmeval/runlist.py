@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lmeval.runs import LOCK_NAME, RUN_ID_PATTERN
+from lmeval.runs import LOCK_NAME, RUN_ID_PATTERN, lock_pid
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def lock_holder(run_dir: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.read(fd, 64).decode(errors="replace").strip() or "?"
+        return lock_pid(fd) or "?"
     finally:
         os.close(fd)  # closing the file releases a lock taken just to look
     return None

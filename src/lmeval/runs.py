@@ -16,6 +16,11 @@ RUN_ID_PATTERN = re.compile(r"\d{8}_\d{6}")
 LOCK_NAME = ".lmeval.lock"  # held by the lmeval working on a run (lmeval.manifest.RunLock)
 
 
+def lock_pid(fd: int) -> str:
+    """The pid the lmeval holding a run's lock wrote into the lock file ('' if it wrote none)."""
+    return os.read(fd, 64).decode(errors="replace").strip()
+
+
 def prepare_work_dir(work_dir: Path) -> Path:
     """Create WORK_DIR if needed and check lmeval can write there; return it absolute."""
     work_dir = work_dir.expanduser().absolute()
