@@ -8,9 +8,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmeval import outputs
+from lmeval.exceptions import UsageError
 
 FORMATS = ("table", "json", "csv", "markdown")
 
@@ -101,3 +103,28 @@ def judged_scores(run_dir: Path, model: str, scores: list[outputs.Score], manife
             counts = outputs.judge_replies(run_dir, model, rows.get(score.dataset, [score.dataset]))
         filled.append(outputs.with_judge_replies(score, counts))
     return filled
+
+
+@dataclass(frozen=True)
+class RunScores:
+    folder: Path
+    manifest: dict
+    model: str
+    scores: list[outputs.Score]  # the newest summary's rows, with the judge's reply counts
+
+
+def run_scores(work_dir: Path, run: str) -> RunScores:
+    """The scores of RUN (an id or `latest`) in WORK_DIR, as `lmeval results` shows them."""
+    from lmeval.runs import find_run
+
+    folder = find_run(work_dir, run)
+    try:
+        manifest = json.loads((folder / "lmeval.json").read_text())
+        model = manifest["model_abbr"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{folder} has no readable lmeval.json: not an lmeval run") from None
+    summary = outputs.latest_summary(folder)
+    if summary is None:
+        raise UsageError(f"run {folder.name} has no scores yet; evaluate it with `lmeval judge --reuse {folder.name}`")
+    scores = judged_scores(folder, model, outputs.read_summary(summary, model), manifest)
+    return RunScores(folder, manifest, model, scores)

@@ -3,7 +3,6 @@ so it answers fast."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -24,21 +23,10 @@ def command(
 
 
 def results(app, *, run: str, work_dir: Path, fmt: str) -> int:
-    from lmeval import outputs
-    from lmeval.results import FORMATS, judged_scores, print_scores
-    from lmeval.runs import find_run
+    from lmeval.results import FORMATS, print_scores, run_scores
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    folder = find_run(work_dir, run)
-    try:
-        manifest = json.loads((folder / "lmeval.json").read_text())
-        model = manifest["model_abbr"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{folder} has no readable lmeval.json: not an lmeval run") from None
-    summary = outputs.latest_summary(folder)
-    if summary is None:
-        raise UsageError(f"run {folder.name} has no scores yet; evaluate it with `lmeval judge --reuse {folder.name}`")
-    scores = outputs.read_summary(summary, model)
-    print_scores(app, model, judged_scores(folder, model, scores, manifest), fmt)
+    shown = run_scores(work_dir, run)
+    print_scores(app, shown.model, shown.scores, fmt)
     return 0

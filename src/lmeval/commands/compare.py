@@ -1,0 +1,62 @@
+"""`lmeval compare`: runs side by side, with each difference's confidence interval
+(lmeval.compare) and, with --plot, a chart of them (lmeval.plot)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmeval.commands.options import DEFAULT_WORK_DIR, WorkDir
+from lmeval.exceptions import UsageError
+
+
+def command(
+    ctx: typer.Context,
+    runs: Annotated[list[str], typer.Argument(help="Two run ids or more; the first is the baseline.")],
+    work_dir: WorkDir = DEFAULT_WORK_DIR,
+    fmt: Annotated[str, typer.Option("--format", help="table, json, csv or markdown.")] = "table",
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the comparison as a bar chart "
+                                              "into this .png or .svg file.", metavar="FILE")] = None,
+) -> None:
+    """Compare runs on the datasets they share: each run's score, and its difference to the
+    first run with a 95% confidence interval from a paired bootstrap over the prompts both runs
+    answered (10,000 resamples, seed 0). A difference whose interval holds 0 is marked not
+    significant."""
+    ctx.obj.run(compare, run_ids=runs, work_dir=work_dir, fmt=fmt, plot=plot)
+
+
+def compare(app, *, run_ids: list[str], work_dir: Path, fmt: str, plot: Path | None) -> int:
+    from lmeval import compare as comparing
+
+    if fmt not in comparing.FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(comparing.FORMATS)}; got {fmt!r}")
+    if plot is not None:
+        from lmeval.plot import FORMATS as PLOT_FORMATS
+
+        if plot.suffix.lower() not in PLOT_FORMATS:
+            raise UsageError(f"--plot {plot}: the file must end in {' or '.join(PLOT_FORMATS)}")
+        if not plot.absolute().parent.is_dir():
+            raise UsageError(f"--plot {plot}: folder {plot.absolute().parent} does not exist")
+    comparison = comparing.compare(work_dir, run_ids)
+    for note in comparing.notes(comparison):
+        app.info(note)
+    if fmt == "table":
+        from rich.table import Table
+
+        table = Table(title="Comparison", caption=f"Δ: {comparing.METHOD}; not significant: the interval holds 0")
+        for position, header in enumerate(comparing.headers(comparison)):
+            table.add_column(header, justify="left" if position < 2 else "right")
+        for row in comparison.rows:
+            table.add_row(*comparing.cells(row))
+        app.out.print(table)
+    else:
+        text = {"json": comparing.as_json, "csv": comparing.as_csv, "markdown": comparing.as_markdown}[fmt](comparison)
+        app.out.print(text, markup=False, soft_wrap=True)
+    if plot is not None:
+        from lmeval.plot import draw
+
+        draw(comparison, plot)
+        app.info(f"wrote the chart to {plot}")
+    return 0

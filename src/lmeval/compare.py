@@ -1,0 +1,226 @@
+"""Comparing runs: their scores side by side, and for each run after the first its difference to
+the first with a 95% confidence interval, so a user can tell a better checkpoint from noise.
+
+The interval comes from a paired bootstrap over the prompts both runs answered (matched by
+prompt text, so runs of the same dataset pair up whatever order OpenCompass wrote them in):
+the per-prompt differences of the outcomes (1 correct, 0 not) are resampled with replacement
+BOOTSTRAP_RESAMPLES times from a fixed seed, and the interval is the 2.5th to 97.5th percentile
+of the resampled mean difference. A difference whose interval holds 0 is not significant.
+
+Drawing the resamples as multinomial counts over the distinct differences (-1, 0, +1) is the
+same distribution as resampling the prompts one by one, in milliseconds for 10,000 prompts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmeval import outputs
+from lmeval.exceptions import UsageError
+from lmeval.results import RunScores, run_scores, score_text
+from lmeval.samples import CORRECT, UNSCORED, dataset_samples
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+FORMATS = ("table", "json", "csv", "markdown")
+METHOD = (f"{CONFIDENCE:.0%} confidence interval of each difference from a paired bootstrap over the prompts "
+          f"both runs share ({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED})")
+# A dataset's score must be the share of its prompts judged correct for the per-prompt
+# outcomes to say anything about its difference; half of a display digit is the slack.
+SCORE_SLACK = 0.005
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A later run's score minus the first run's, in the score's points."""
+
+    delta: float | None
+    low: float | None  # the interval; None where the outcomes cannot give one (see `why`)
+    high: float | None
+    prompts: int  # prompts the interval is over (both runs answered them)
+    why: str | None = None  # why there is no interval
+
+    @property
+    def significant(self) -> bool | None:
+        if self.low is None or self.high is None:
+            return None
+        return not self.low <= 0 <= self.high
+
+
+@dataclass(frozen=True)
+class Row:
+    dataset: str
+    metric: str
+    scores: list[float | None]  # per run, in the order given
+    differences: list[Difference]  # per run after the first
+
+
+@dataclass(frozen=True)
+class Comparison:
+    runs: list[RunScores]
+    rows: list[Row]
+    not_compared: dict[str, list[str]]  # dataset some runs lack -> the runs that have it
+
+
+def main_scores(run: RunScores) -> dict[str, outputs.Score]:
+    """Each dataset's main score: the first metric OpenCompass's summary gives it."""
+    scores: dict[str, outputs.Score] = {}
+    for score in run.scores:
+        scores.setdefault(score.dataset, score)
+    return scores
+
+
+def paired_outcomes(first: RunScores, later: RunScores, dataset: str) -> tuple[list[float], list[float]] | str:
+    """The outcomes (1 correct, 0 not) of the prompts of DATASET both runs answered, in pairs;
+    or why there are none to pair."""
+    keyed = []
+    for run in (first, later):
+        if not outputs.predictions_file(run.folder, run.model, dataset).is_file():
+            return f"run {run.folder.name} has no per-prompt outcomes of {dataset} (a group of datasets?)"
+        samples = dataset_samples(run.folder, run.model, dataset)
+        if any(sample.outcome == UNSCORED for sample in samples):
+            return f"run {run.folder.name} has not scored {dataset}'s prompts"
+        share = 100 * sum(sample.outcome == CORRECT for sample in samples) / len(samples) if samples else None
+        value = main_scores(run)[dataset].value
+        if share is None or value is None or abs(share - value) > SCORE_SLACK:
+            return f"{dataset}'s score is not the share of its prompts answered right"
+        seen: Counter[str] = Counter()
+        outcomes = {}
+        for sample in samples:  # a prompt asked twice pairs with the same prompt's second asking
+            seen[sample.prompt] += 1
+            outcomes[(sample.prompt, seen[sample.prompt])] = float(sample.outcome == CORRECT)
+        keyed.append(outcomes)
+    shared = [key for key in keyed[0] if key in keyed[1]]
+    if not shared:
+        return f"runs {first.folder.name} and {later.folder.name} share no prompt of {dataset}"
+    return [keyed[0][key] for key in shared], [keyed[1][key] for key in shared]
+
+
+def bootstrap_interval(differences: list[float]) -> tuple[float, float]:
+    """The percentile interval of the mean of DIFFERENCES over seeded resamples."""
+    import numpy
+
+    values, counts = numpy.unique(numpy.asarray(differences), return_counts=True)
+    rng = numpy.random.default_rng(BOOTSTRAP_SEED)
+    draws = rng.multinomial(len(differences), counts / counts.sum(), size=BOOTSTRAP_RESAMPLES)
+    means = draws @ values / len(differences)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = numpy.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def difference(first: RunScores, later: RunScores, dataset: str) -> Difference:
+    base, other = main_scores(first)[dataset].value, main_scores(later)[dataset].value
+    plain = None if base is None or other is None else other - base
+    paired = paired_outcomes(first, later, dataset)
+    if isinstance(paired, str):
+        return Difference(plain, None, None, 0, paired)
+    before, after = paired
+    steps = [b - a for a, b in zip(before, after)]
+    low, high = bootstrap_interval(steps)
+    return Difference(100 * sum(steps) / len(steps), 100 * low, 100 * high, len(steps))
+
+
+def compare(work_dir: Path, run_ids: list[str]) -> Comparison:
+    """Compare the runs RUN_IDS of WORK_DIR on the datasets every one of them scored."""
+    if len(run_ids) < 2:
+        raise UsageError("compare needs two runs or more: lmeval compare RUN RUN...")
+    runs = [run_scores(work_dir, run_id) for run_id in run_ids]
+    names = [run.folder.name for run in runs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"run {', '.join(twice)} is given twice; name each run once")
+    per_run = [main_scores(run) for run in runs]
+    shared = [name for name in per_run[0] if all(name in scores for scores in per_run)]
+    if not shared:
+        raise UsageError(f"runs {', '.join(names)} have no dataset in common; compare runs of the same datasets")
+    everywhere = dict.fromkeys(name for scores in per_run for name in scores)
+    not_compared = {name: [run.folder.name for run, scores in zip(runs, per_run) if name in scores]
+                    for name in everywhere if name not in shared}
+    rows = [Row(name, per_run[0][name].metric, [scores[name].value for scores in per_run],
+                [difference(runs[0], run, name) for run in runs[1:]]) for name in shared]
+    return Comparison(runs, rows, not_compared)
+
+
+def signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def difference_text(diff: Difference) -> str:
+    """`+33.33 [+8.33, +58.33]`, with `not significant` where the interval holds 0."""
+    if diff.low is None:
+        return signed(diff.delta)
+    text = f"{signed(diff.delta)} [{signed(diff.low)}, {signed(diff.high)}]"
+    return text if diff.significant else f"{text} not significant"
+
+
+def notes(comparison: Comparison) -> list[str]:
+    """What the table does not say by itself: datasets left out, intervals missing or over
+    fewer prompts than a run has."""
+    lines = [f"not compared: {name} (only in {', '.join(runs)})" for name, runs in comparison.not_compared.items()]
+    for row in comparison.rows:
+        for run, diff in zip(comparison.runs[1:], row.differences):
+            if diff.why:
+                lines.append(f"{row.dataset}: no interval for {run.folder.name}: {diff.why}")
+    return lines
+
+
+def headers(comparison: Comparison) -> list[str]:
+    first = comparison.runs[0].folder.name
+    return (["dataset", "metric"] + [f"{run.folder.name} {run.model}" for run in comparison.runs]
+            + [f"Δ {run.folder.name} vs {first}" for run in comparison.runs[1:]])
+
+
+def cells(row: Row) -> list[str]:
+    return [row.dataset, row.metric, *map(score_text, row.scores), *map(difference_text, row.differences)]
+
+
+def as_json(comparison: Comparison) -> str:
+    runs = comparison.runs
+    return json.dumps({
+        "method": METHOD,
+        "runs": [{"run_id": run.folder.name, "model": run.model} for run in runs],
+        "datasets": [{
+            "dataset": row.dataset, "metric": row.metric,
+            "scores": {run.folder.name: value for run, value in zip(runs, row.scores)},
+            "differences": {run.folder.name: {"delta": diff.delta, "ci_low": diff.low, "ci_high": diff.high,
+                                              "significant": diff.significant, "prompts": diff.prompts,
+                                              "no_interval_because": diff.why}
+                            for run, diff in zip(runs[1:], row.differences)},
+        } for row in comparison.rows],
+        "not_compared": comparison.not_compared,
+    }, indent=2, ensure_ascii=False)
+
+
+def as_csv(comparison: Comparison) -> str:
+    """One line per dataset and run: its score and, after the first run, its difference."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["dataset", "metric", "run_id", "model", "score", "delta", "ci_low", "ci_high", "significant",
+                     "prompts"])
+    for row in comparison.rows:
+        for position, (run, value) in enumerate(zip(comparison.runs, row.scores)):
+            diff = row.differences[position - 1] if position else None
+            writer.writerow([row.dataset, row.metric, run.folder.name, run.model, score_text(value),
+                             *(("", "", "", "", "") if diff is None else (
+                                 _number(diff.delta), _number(diff.low), _number(diff.high),
+                                 "" if diff.significant is None else str(diff.significant).lower(),
+                                 diff.prompts or ""))])
+    return buffer.getvalue().rstrip("\n")
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def as_markdown(comparison: Comparison) -> str:
+    head = headers(comparison)
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- |" + " ---: |" * (len(head) - 2)]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in comparison.rows]
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""`lmeval compare` of two runs the real OpenCompass wrote whose answer keys differ in a known
+way: the chain's judged run, and a run of the same prompts with another key (and one dataset
+more). Scores, differences and intervals are computed here from the rows: the interval as the
+exact bootstrap distribution (enumerated), which the command's seeded resampling must meet."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lmeval.cli import app
+from scenarios import MC_ROWS, QA_ROWS, judge_agrees, write_scenario
+from toolkit import MODELS, TOOLS, copy_run, lmeval_env
+
+pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
+
+FIRST = "20250101_120000"  # a copy of the chain's run
+# The second run: every trivia question answered right (the chain's got 8 of 12), and the first
+# multiple-choice question answered wrong (the chain's got 4 of 5). `spare` repeats the
+# multiple-choice questions as a dataset only the second run has.
+SECOND_QA = [(question, gold, gold) for question, gold, _ in QA_ROWS]
+SECOND_MC = [(question, options, gold, "A" if index == 0 else reply)
+             for index, (question, options, gold, reply) in enumerate(MC_ROWS)]
+assert SECOND_MC[0][2] != "A"
+
+
+def outcomes(qa_rows, mc_rows) -> dict[str, list[int]]:
+    return {"trivia": [int(judge_agrees(reply, gold)) for _, gold, reply in qa_rows],
+            "choices": [int(reply == gold) for _, _, gold, reply in mc_rows]}
+
+
+def exact_interval(differences: list[int], confidence: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of the bootstrap distribution of the mean of DIFFERENCES, exact:
+    every multinomial draw of the distinct values, weighted by its probability. The draw
+    probabilities at the two percentiles must be clear of them, or seeded resampling could
+    land on either side (the scenario would be a bad one)."""
+    n, counts = len(differences), Counter(differences)
+    values = sorted(counts)
+    distribution: Counter[float] = Counter()
+
+    def draws(left: int, slots: int):
+        if slots == 1:
+            yield (left,)
+            return
+        for first in range(left + 1):
+            for rest in draws(left - first, slots - 1):
+                yield (first, *rest)
+
+    for draw in draws(n, len(values)):
+        probability = math.factorial(n)
+        for value, k in zip(values, draw):
+            probability *= (counts[value] / n) ** k / math.factorial(k)
+        distribution[sum(value * k for value, k in zip(values, draw)) / n] += probability
+    tail = (1 - confidence) / 2
+    ends = []
+    for q in (tail, 1 - tail):
+        cumulative = 0.0
+        for mean in sorted(distribution):
+            below, cumulative = cumulative, cumulative + distribution[mean]
+            if cumulative >= q:
+                assert min(abs(below - q), abs(cumulative - q)) > 0.005, "a percentile sits on a step"
+                ends.append(100 * mean)
+                break
+    return ends[0], ends[1]
+
+
+@pytest.fixture(scope="module")
+def compared(chain, tmp_path_factory):
+    """A work dir with the chain's run (FIRST) and a fresh `lmeval run` of SECOND_QA/SECOND_MC."""
+    from toolkit import Runner, only_run
+
+    folder = tmp_path_factory.mktemp("compare")
+    work_dir = folder / "out"
+    data = folder / "data"
+    qa, mc, key, _ = write_scenario(data, SECOND_QA, SECOND_MC)
+    spare = data / "spare.jsonl"
+    spare.write_text(mc.read_text())
+    runner = Runner(folder)
+    try:
+        second = runner.run("run", str(MODELS / "demo-chat"), "--dataset", str(qa), "--dataset", str(mc),
+                            "--dataset", str(spare), "--gpus", "0", "--judge-model", str(MODELS / "demo-judge"),
+                            "--judge-gpus", "1", "--judge-tp", "1", "-w", str(work_dir), *TOOLS,
+                            env=lmeval_env(STANDIN_ANSWER_KEY=str(key)), work_dir=work_dir, timeout=600)
+    finally:
+        runner.teardown()
+    assert second.poll() == 0, second.transcript()
+    second_id = only_run(work_dir).name
+    copy_run(chain.run_dir, work_dir, FIRST, chain.run_dir)
+    before, after = outcomes(QA_ROWS, MC_ROWS), outcomes(SECOND_QA, SECOND_MC)
+    expected = {}
+    for dataset in ("trivia", "choices"):
+        steps = [b - a for a, b in zip(before[dataset], after[dataset])]
+        low, high = exact_interval(steps)
+        expected[dataset] = {"scores": (100 * sum(before[dataset]) / len(steps), 100 * sum(after[dataset]) / len(steps)),
+                             "delta": 100 * sum(steps) / len(steps), "low": low, "high": high,
+                             "significant": not low <= 0 <= high, "prompts": len(steps)}
+    return work_dir, second_id, expected
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+
+
+def test_the_scenario_has_one_significant_difference_and_one_not(compared):
+    _, _, expected = compared
+    assert expected["trivia"]["delta"] > 0 and expected["trivia"]["significant"]
+    assert expected["choices"]["delta"] < 0 and not expected["choices"]["significant"]
+
+
+def test_compare_gives_each_difference_and_its_interval(compared):
+    work_dir, second, expected = compared
+    shown = invoke("compare", FIRST, second, "-w", str(work_dir), "--format", "json")
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.stdout)
+    assert report["runs"] == [{"run_id": FIRST, "model": "demo-chat"}, {"run_id": second, "model": "demo-chat"}]
+    assert [row["dataset"] for row in report["datasets"]] == ["trivia", "choices"]
+    for row in report["datasets"]:
+        want = expected[row["dataset"]]
+        # OpenCompass's summary rounds each score to two decimals; the differences come from the outcomes.
+        assert row["scores"][FIRST] == pytest.approx(want["scores"][0], abs=0.005)
+        assert row["scores"][second] == pytest.approx(want["scores"][1], abs=0.005)
+        diff = row["differences"][second]
+        assert (diff["delta"], diff["ci_low"], diff["ci_high"]) == pytest.approx(
+            (want["delta"], want["low"], want["high"]), abs=1e-9)
+        assert (diff["significant"], diff["prompts"], diff["no_interval_because"]) == (want["significant"],
+                                                                                       want["prompts"], None)
+    assert report["not_compared"] == {"spare": [second]}
+    assert shown.stderr == f"lmeval: not compared: spare (only in {second})\n"
+
+
+def text(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def test_compare_as_a_table_markdown_and_csv(compared):
+    work_dir, second, expected = compared
+    cells = {}
+    for dataset, want in expected.items():
+        mark = "" if want["significant"] else " not significant"
+        cells[dataset] = [dataset, "accuracy", f"{want['scores'][0]:.2f}", f"{want['scores'][1]:.2f}",
+                          f"{text(want['delta'])} [{text(want['low'])}, {text(want['high'])}]{mark}"]
+    markdown = invoke("compare", FIRST, second, "-w", str(work_dir), "--format", "markdown")
+    assert markdown.exit_code == 0, markdown.output
+    assert markdown.stdout.splitlines() == [
+        f"| dataset | metric | {FIRST} demo-chat | {second} demo-chat | Δ {second} vs {FIRST} |",
+        "| --- | --- | ---: | ---: | ---: |",
+        *("| " + " | ".join(cells[dataset]) + " |" for dataset in ("trivia", "choices"))]
+    table = invoke("compare", FIRST, second, "-w", str(work_dir))
+    assert table.exit_code == 0, table.output
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in table.stdout.splitlines()
+            if line.startswith("│ ")]
+    assert rows == [cells["trivia"], cells["choices"]]
+    assert "paired bootstrap over the prompts both runs share (10,000 resamples, seed 0)" in table.stdout
+    spread = invoke("compare", FIRST, second, "-w", str(work_dir), "--format", "csv")
+    lines = list(csv.DictReader(io.StringIO(spread.stdout)))
+    assert [(line["dataset"], line["run_id"], line["score"], line["delta"], line["significant"]) for line in lines] == [
+        (dataset, run, f"{want['scores'][position]:.2f}", f"{want['delta']:.2f}" if position else "",
+         str(want["significant"]).lower() if position else "")
+        for dataset, want in expected.items() for position, run in enumerate((FIRST, second))]
+
+
+def test_the_baseline_is_the_first_run_given(compared):
+    work_dir, second, expected = compared
+    shown = invoke("compare", second, FIRST, "-w", str(work_dir), "--format", "json")
+    assert shown.exit_code == 0, shown.output
+    deltas = {row["dataset"]: row["differences"][FIRST]["delta"] for row in json.loads(shown.stdout)["datasets"]}
+    assert deltas == pytest.approx({dataset: -want["delta"] for dataset, want in expected.items()}, abs=1e-9)
+
+
+def bar_box(element) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the path inside an SVG group."""
+    path = next(child for child in element.iter() if child.tag.endswith("path"))
+    numbers = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", path.get("d"))]
+    xs, ys = numbers[0::2], numbers[1::2]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def test_plot_draws_the_scores_and_the_intervals(compared, tmp_path):
+    work_dir, second, expected = compared
+    png, svg = tmp_path / "comparison.png", tmp_path / "comparison.svg"
+    for chart in (png, svg):
+        shown = invoke("compare", FIRST, second, "-w", str(work_dir), "--plot", str(chart))
+        assert shown.exit_code == 0, shown.output
+        assert shown.stderr.endswith(f"lmeval: wrote the chart to {chart}\n")
+    with Image.open(png) as image:
+        assert (image.format, image.size) == ("PNG", (1000, 450))
+        colours = {colour for _, colour in image.convert("RGB").getcolors(1_000_000)}
+    assert {(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)} <= colours  # the two runs' bars
+    groups = {element.get("id"): element for element in ElementTree.parse(svg).iter()
+              if element.get("id", "").count(":") == 2}
+    heights = {name: bar_box(element)[3] - bar_box(element)[1] for name, element in groups.items()}
+    # Within one axes, bar heights are in proportion to the values they stand for.
+    unit = heights[f"score:trivia:{second}"] / expected["trivia"]["scores"][1]
+    for dataset, want in expected.items():
+        for run, value in zip((FIRST, second), want["scores"]):
+            assert heights[f"score:{dataset}:{run}"] == pytest.approx(unit * value, rel=0.01)
+    unit = heights[f"delta:trivia:{second}"] / abs(expected["trivia"]["delta"])
+    for dataset, want in expected.items():
+        assert heights[f"delta:{dataset}:{second}"] == pytest.approx(unit * abs(want["delta"]), rel=0.01)
+        assert heights[f"ci:{dataset}:{second}"] == pytest.approx(unit * (want["high"] - want["low"]), rel=0.01)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([FIRST], "compare needs two runs or more: lmeval compare RUN RUN..."),
+    ([FIRST, FIRST], f"run {FIRST} is given twice; name each run once"),
+    ([FIRST, "20250101_999999"], "run 20250101_999999 does not exist in "),
+    ([FIRST, "latest", "--format", "yaml"], "--format must be one of table, json, csv, markdown; got 'yaml'"),
+    ([FIRST, "latest", "--plot", "chart.jpg"], "--plot chart.jpg: the file must end in .png or .svg"),
+])
+def test_bad_comparisons_are_one_line(compared, args, message):
+    work_dir, _, _ = compared
+    shown = invoke("compare", *args, "-w", str(work_dir))
+    assert shown.exit_code == 2
+    assert shown.stderr.startswith(f"lmeval: error: {message}")
+    assert shown.stderr.count("\n") == 1
