@@ -34,6 +34,18 @@ def timed(argv: list[str]) -> float:
     return elapsed
 
 
+def interleaved_times(commands: dict[str, list[str]], runs: int) -> dict[str, list[float]]:
+    """Seconds of each command's RUNS runs, after one warm-up run each (page and bytecode
+    caches), interleaved so a busy moment of the machine hits every command alike."""
+    for argv in commands.values():
+        timed(argv)
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, argv in commands.items():
+            times[name].append(timed(argv))
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=20, help="runs of each command (default 20)")
@@ -51,12 +63,7 @@ def main() -> int:
         "lmeval results": [lmeval, "results", "-w", str(work_dir)],
         "lmeval results --format json": [lmeval, "results", "-w", str(work_dir), "--format", "json"],
     }
-    for argv in commands.values():  # warm the page cache and the bytecode caches
-        timed(argv)
-    times: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(args.n):  # interleaved, so a busy moment of the machine hits every command alike
-        for name, argv in commands.items():
-            times[name].append(timed(argv))
+    times = interleaved_times(commands, args.n)
     anchor = statistics.median(times["python -c pass (anchor)"])
     print(f"| command | median | max | median / anchor | under {GOAL_SECONDS:g} s |")
     print("| --- | ---: | ---: | ---: | --- |")

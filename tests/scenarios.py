@@ -24,6 +24,7 @@ import httpx
 import psutil
 
 from lmeval.configgen import JUDGE_BATCH_FACTOR
+from lmeval.plan import in_flight
 from lmeval.readiness import http_client
 from toolkit import (
     MODELS,
@@ -245,7 +246,7 @@ def chain_args(scenario: ChainScenario, work_dir: Path, *extra: str) -> list[str
 
 
 def judge_args(run_id: str, work_dir: Path, *extra: str) -> list[str]:
-    """`judge` arguments of the chain: judge capacity 2, so its batches are 8 prompts."""
+    """`judge` arguments of the chain: judge capacity 2, so its batches are 12 prompts (JUDGE_BATCH)."""
     return ["--reuse", run_id, "--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", "1", "--judge-tp", "1",
             "--judge-server-args", "--max-batch-size 2", "-w", str(work_dir), "--grace", "3", *TOOLS, *extra]
 
@@ -279,11 +280,13 @@ class Chain:
 
 
 TARGET_CRASH_AFTER = 6
-# The judge's threads are its capacity (2) shared by the one judged dataset; each batch holds
-# JUDGE_BATCH_FACTOR times that, and OpenCompass saves the judge's replies batch by batch.
-JUDGE_BATCH = 2 * JUDGE_BATCH_FACTOR
-JUDGE_CRASH_AFTER = JUDGE_BATCH + 2  # dies in the middle of the second batch
-assert JUDGE_CRASH_AFTER < len(QA_ROWS), "the trivia set must outlast the first batch"
+# The judge's threads are the requests lmeval keeps in flight at its capacity (2), each batch
+# holds JUDGE_BATCH_FACTOR times that, and OpenCompass saves the judge's replies batch by batch.
+# The chain's trivia set is one batch: the crash loses every reply of it. (tests/test_restarts.py
+# has a judge crash after a saved batch.)
+JUDGE_BATCH = in_flight(2) * JUDGE_BATCH_FACTOR
+JUDGE_CRASH_AFTER = 10
+assert JUDGE_CRASH_AFTER < len(QA_ROWS) <= JUDGE_BATCH, "the trivia set must be one batch, outlasting the crash"
 
 
 def _step(runner: Runner, args: list[str], env: dict[str, str], work_dir: Path, run_dir: Path | None,
@@ -321,10 +324,10 @@ _CHAIN: dict[str, Chain] = {}
 def crash_chain(folder: Path) -> Chain:
     """Built once per session:
 
-    1. `lmeval infer` whose target server SIGKILLs itself after 6 answers (2 at a time);
+    1. `lmeval infer --restarts 0` whose target server SIGKILLs itself after 6 answers (2 at a time);
     2. `lmeval infer --reuse RUN`: sends only what step 1 did not save;
-    3. `lmeval judge --reuse RUN` whose judge SIGKILLs itself after 10 replies (batches of 8);
-    4. `lmeval judge --reuse RUN`: sends only the 4 prompts of the unfinished batch;
+    3. `lmeval judge --reuse RUN --restarts 0` whose judge SIGKILLs itself after 10 replies (of a batch of 12);
+    4. `lmeval judge --reuse RUN`: sends the batch again (none of it was saved);
     5. `lmeval results RUN --format csv`.
     Step 3 and 4 make the judge answer "Marlowe" with neither A nor B.
     """
@@ -336,7 +339,7 @@ def crash_chain(folder: Path) -> Chain:
     left: dict[str, list[str]] = {}
     try:
         key = {"STANDIN_ANSWER_KEY": str(scenario.key), "STANDIN_LATENCY_SECONDS": "0.25"}
-        crash = _step(runner, ["infer", *chain_args(scenario, work_dir)],
+        crash = _step(runner, ["infer", *chain_args(scenario, work_dir, "--restarts", "0")],
                       lmeval_env(**key, STANDIN_CRASH_AFTER_REQUESTS=str(TARGET_CRASH_AFTER)), work_dir, None, "target")
         left["target crash"] = describe(runner.leftovers()).splitlines()
         run_dir = only_run(work_dir)
@@ -348,7 +351,7 @@ def crash_chain(folder: Path) -> Chain:
         shutil.copytree(run_dir, snapshot, symlinks=True)
         judge_env = {"STANDIN_ANSWER_KEY": str(scenario.key), "STANDIN_JUDGE_INVALID": INVALID_MARKER,
                      "STANDIN_LATENCY_SECONDS": "0.05"}
-        judge_crash = _step(runner, ["judge", *judge_args(run_dir.name, work_dir)],
+        judge_crash = _step(runner, ["judge", *judge_args(run_dir.name, work_dir, "--restarts", "0")],
                             lmeval_env(**judge_env, STANDIN_CRASH_AFTER_REQUESTS=str(JUDGE_CRASH_AFTER)),
                             work_dir, run_dir, "judge")
         left["judge crash"] = describe(runner.leftovers()).splitlines()

@@ -36,6 +36,8 @@ def test_run_scores_exactly_the_answer_key(scenario, tmp_path, lmeval_runner):
     assert shown_scores(result.stdout) == {"trivia": 60.0, "choices": 80.0} == scenario.expected
     assert leftovers([work_dir]) == []
     run_dir = next(work_dir.iterdir())
+    assert result.stderr_lines[-1] == (f"lmeval: every prompt, answer and judge reply: "
+                                       f"lmeval report {run_dir.name} -w {work_dir}")
     manifest = json.loads((run_dir / "lmeval.json").read_text())
     assert manifest["stages"]["infer"]["status"] == manifest["stages"]["eval"]["status"] == "ok"
     assert {(s["dataset"], s["value"]) for s in manifest["scores"]} == {("trivia", 60.0), ("choices", 80.0)}

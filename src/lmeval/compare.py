@@ -181,6 +181,24 @@ def cells(row: Row) -> list[str]:
     return [row.dataset, row.metric, *map(score_text, row.scores), *map(difference_text, row.differences)]
 
 
+def print_comparison(app, comparison: Comparison, fmt: str = "table") -> None:
+    """COMPARISON in FMT on stdout, what it leaves out on stderr."""
+    from rich.table import Table
+
+    for note in notes(comparison):
+        app.info(note)
+    if fmt != "table":
+        text = {"json": as_json, "csv": as_csv, "markdown": as_markdown}[fmt](comparison)
+        app.out.print(text, markup=False, soft_wrap=True)
+        return
+    table = Table(title="Comparison", caption=f"Δ: {METHOD}; not significant: the interval holds 0")
+    for position, header in enumerate(headers(comparison)):
+        table.add_column(header, justify="left" if position < 2 else "right")
+    for row in comparison.rows:
+        table.add_row(*cells(row))
+    app.out.print(table)
+
+
 def as_json(comparison: Comparison) -> str:
     runs = comparison.runs
     return json.dumps({

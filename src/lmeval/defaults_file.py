@@ -47,6 +47,7 @@ class DefaultsFile(BaseModel):
     slurm_args: str | None = None
     ready_timeout: float | None = None
     grace: float | None = None
+    restarts: int | None = None
     # generation
     temperature: float | None = None
     max_out_len: int | None = None

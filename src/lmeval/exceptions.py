@@ -37,3 +37,12 @@ class StageFailed(LmevalError):
 
 class ServerFailed(StageFailed):
     """A server exited, never became ready, or is not ours."""
+
+
+class ServerDied(ServerFailed):
+    """A server a stage talks to ended during the stage: lmeval may restart it (--restarts)."""
+
+    def __init__(self, failure: ServerFailed, server: object, status: str) -> None:
+        super().__init__(failure.message, failure.detail)
+        self.server = server  # the lmeval.launch.Server that ended
+        self.status = status  # how: `exited with code -9 (SIGKILL)`

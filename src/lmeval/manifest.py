@@ -47,6 +47,16 @@ class ServerRecord(BaseModel):
     waited_seconds: float = 0.0  # how long lmeval waited for it (less when it loaded meanwhile)
 
 
+class RestartRecord(BaseModel):
+    """A server that died during a stage and was started again (--restarts)."""
+
+    role: str
+    stage: str
+    at: float
+    died: str  # how it ended: `exited with code -9 (SIGKILL)`
+    log_tail: str  # the last lines of its log as it died
+
+
 class Manifest(BaseModel):
     run_id: str
     created: float = Field(default_factory=time.time)
@@ -58,6 +68,7 @@ class Manifest(BaseModel):
     # Outputs of earlier settings, moved aside by `--reuse RUN --redo`: where to, when, and why.
     stale: list[dict[str, Any]] = []
     servers: dict[str, ServerRecord] = {}
+    restarts: list[RestartRecord] = []
     versions: dict[str, str] = {}
     stages: dict[str, StageRecord] = {}
     wall_seconds: float | None = None  # the whole command, start to end

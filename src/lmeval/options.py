@@ -59,6 +59,7 @@ class EvalOptions(BaseModel):
     opencompass: str | None = None
     ready_timeout: float = defaults.READY_TIMEOUT
     grace: float = defaults.GRACE
+    restarts: int = defaults.RESTARTS
     dry_run: bool = False
 
     def target_key(self) -> SecretStr | None:

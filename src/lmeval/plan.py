@@ -50,6 +50,7 @@ class EvalPlan:
     judge_set: ServerSet | None
     ready_timeout: float
     grace: float
+    restarts: int  # per server lmeval started, when it dies during a stage
     dry_run: bool
     # Dataset files to copy into the run (source, copy), done under the run's lock.
     copies: tuple[tuple[Path, Path], ...] = ()
@@ -240,6 +241,8 @@ class _Inputs:
 
 def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text: None) -> EvalPlan:
     """Check every option and input, then claim (or reopen) the run folder. Starts nothing."""
+    if options.restarts < 0:
+        raise UsageError(f"--restarts must be 0 or more; got {options.restarts}")
     opencompass = find_executable(OPENCOMPASS, options.opencompass)
     target_key, judge_key = options.target_key(), options.judge_key()
     placement, judge_placement = _placements(options)
@@ -303,7 +306,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         run_id=run_dir.name, run_dir=run_dir, work_dir=work_dir, manifest=manifest, opencompass=opencompass,
         lmdeploy=lmdeploy, datasets=datasets, model_abbr=inputs.model_abbr, generation=inputs.generation,
         target=target, target_set=target_set, judge=judge, judge_set=judge_set, ready_timeout=options.ready_timeout,
-        grace=options.grace, dry_run=options.dry_run, copies=copies, redo_reason=redo_reason,
+        grace=options.grace, restarts=options.restarts, dry_run=options.dry_run, copies=copies, redo_reason=redo_reason,
     )
 
 

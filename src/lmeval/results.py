@@ -105,6 +105,17 @@ def judged_scores(run_dir: Path, model: str, scores: list[outputs.Score], manife
     return filled
 
 
+def read_manifest(run_dir: Path) -> dict:
+    """RUN_DIR's lmeval.json as plain data (no pydantic: commands that only read stay fast)."""
+    try:
+        manifest = json.loads((run_dir / "lmeval.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("model_abbr"), str):
+        raise UsageError(f"{run_dir} has no readable lmeval.json: not an lmeval run")
+    return manifest
+
+
 @dataclass(frozen=True)
 class RunScores:
     folder: Path
@@ -118,11 +129,8 @@ def run_scores(work_dir: Path, run: str) -> RunScores:
     from lmeval.runs import find_run
 
     folder = find_run(work_dir, run)
-    try:
-        manifest = json.loads((folder / "lmeval.json").read_text())
-        model = manifest["model_abbr"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{folder} has no readable lmeval.json: not an lmeval run") from None
+    manifest = read_manifest(folder)
+    model = manifest["model_abbr"]
     summary = outputs.latest_summary(folder)
     if summary is None:
         raise UsageError(f"run {folder.name} has no scores yet; evaluate it with `lmeval judge --reuse {folder.name}`")

@@ -51,6 +51,12 @@ def _state(stages: dict[str, str], holder: str | None) -> str:
     return "inferred" if stages.get("infer") == "ok" else "new"
 
 
+def dataset_names(manifest: dict) -> list[str]:
+    """The datasets of a run, in the order it ran them, from its manifest."""
+    return [entry[1] for entry in (manifest.get("fingerprint_inputs") or {}).get("datasets", [])
+            if isinstance(entry, list) and len(entry) > 1]
+
+
 def read_row(run_dir: Path) -> RunRow:
     holder = lock_holder(run_dir)
     try:
@@ -58,8 +64,7 @@ def read_row(run_dir: Path) -> RunRow:
         stages = {name: record.get("status", "?") for name, record in manifest.get("stages", {}).items()}
     except (OSError, ValueError, AttributeError):
         return RunRow(run_dir.name, "?", [], "unreadable" if holder is None else f"working (pid {holder})", {}, None, {})
-    datasets = [entry[1] for entry in manifest.get("fingerprint_inputs", {}).get("datasets", [])
-                if isinstance(entry, list) and len(entry) > 1]
+    datasets = dataset_names(manifest)
     seconds = manifest.get("wall_seconds")
     if seconds is None:
         seconds = sum(record.get("seconds") or 0 for record in manifest.get("stages", {}).values()) or None

@@ -11,15 +11,16 @@ from __future__ import annotations
 import shlex
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmeval import configgen, outputs
 from lmeval.app import Application
-from lmeval.exceptions import ServerFailed, StageFailed
-from lmeval.files import write_private
+from lmeval.exceptions import ServerDied, ServerFailed, StageFailed
+from lmeval.files import log_tail, write_private
 from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
-from lmeval.launch import Server, ServerGroup, command_line, redact
-from lmeval.manifest import RunLock, ServerRecord
+from lmeval.launch import Server, ServerGroup, command_line, new_api_key, redact
+from lmeval.manifest import RestartRecord, RunLock, ServerRecord
 from lmeval.ocrun import PLUGIN_DIR, OpenCompassRun, Preflight, PreflightFailed, last_error
 from lmeval.options import EvalOptions
 from lmeval.configgen import ServedModel
@@ -37,12 +38,25 @@ STALE_ENTRIES = ["predictions", "results", "summary", "infer_status", "logs", "l
                  "lmeval/opencompass_eval.log"]
 
 
-class Evaluation:
-    """One lmeval command (`run`, `infer` or `judge`) over one run folder."""
+@dataclass
+class SharedJudge:
+    """The judge of several runs (lmeval.sweep): started once, by the first run that needs it,
+    in the sweep's own group, which stops it when the sweep ends."""
 
-    def __init__(self, app: Application, plan: EvalPlan) -> None:
+    group: ServerGroup
+    running: RunningSet | None = None
+    served: ServedModel | None = None  # as its clients see it now (a restart changes its key)
+    records: dict[str, ServerRecord] = field(default_factory=dict)  # its servers, for each run's manifest
+
+
+class Evaluation:
+    """One lmeval command (`run`, `infer` or `judge`) over one run folder; in a sweep, one of
+    its runs, with the judge it shares."""
+
+    def __init__(self, app: Application, plan: EvalPlan, shared_judge: SharedJudge | None = None) -> None:
         self.app = app
         self.plan = plan
+        self.shared_judge = shared_judge
         self.manifest = plan.manifest
         self.run_dir = plan.run_dir
         # A watched server that died as OpenCompass was ending: the cause, if outputs are missing.
@@ -90,12 +104,40 @@ class Evaluation:
 
     # ------------------------------------------------------------ stages
 
-    def run_stage(self, stage: str, config: Path, watched: list[Server]) -> None:
-        """Run OpenCompass for STAGE, stopping it at once if a watched server dies."""
+    def run_stage(self, group: ServerGroup, stage: str, running: RunningSet | None,
+                  served: ServedModel) -> ServedModel:
+        """Run OpenCompass for STAGE against RUNNING (SERVED, as its clients see it; returned as
+        they see it at the end). A server of RUNNING that dies stops OpenCompass at once; it is
+        started again up to --restarts times and OpenCompass resumes the stage from what it saved."""
         self.preflight.check()  # the servers are ready: what it found by now, or nothing
         self.stop_preflight()  # the stage itself does the rest of what it checks
         record = self.manifest.stage(stage)
-        record.status, record.started, record.message = "running", time.time(), ""
+        record.started, record.opencompass_seconds = time.time(), 0.0
+        restarted: dict[str, int] = {}
+        while True:
+            target, judge = (served, None) if stage == "infer" else (self.plan.target, served)
+            watched = running.servers if running else []
+            try:
+                self.run_opencompass(stage, self.render(stage, target, judge), watched)
+                died = self.server_failure if self.stage_incomplete(stage) else None
+            except ServerDied as error:
+                died = error
+            if died is None:
+                return served
+            role = died.server.spec.role
+            if running is None or not self.can_restart(running, died.server) or \
+                    restarted.get(role, 0) >= self.plan.restarts:
+                record.status, record.message, record.ended = "failed", died.message, time.time()
+                self.save()
+                raise died
+            restarted[role] = restarted.get(role, 0) + 1
+            served = self.restart(group, stage, running, died, served, restarted[role])
+
+    def run_opencompass(self, stage: str, config: Path, watched: list[Server]) -> None:
+        """One OpenCompass process for STAGE, stopped at once if a watched server dies."""
+        record = self.manifest.stage(stage)
+        record.status, record.message = "running", ""
+        self.server_failure = None
         self.save()
         oc = self.opencompass(stage, config)
         self.app.info(f"{stage}: {shlex.join(oc.argv)}")
@@ -106,13 +148,15 @@ class Evaluation:
             self.opencompass_codes[stage] = oc.poll()
         except BaseException as error:
             self.app.stopped(oc.name, oc.stop(), self.plan.work_dir)
+            if isinstance(error, ServerDied):
+                raise  # run_stage restarts the server, or records the failure
             record.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             record.message = (f"interrupted by {interrupt_name(error)}" if isinstance(error, KeyboardInterrupt)
                               else getattr(error, "message", "") or type(error).__name__)
             raise
         finally:
             record.ended = time.time()
-            record.opencompass_seconds = round(time.monotonic() - started, 3)
+            record.opencompass_seconds = round((record.opencompass_seconds or 0) + time.monotonic() - started, 3)
             self.save()
 
     def supervise(self, stage: str, oc: OpenCompassRun, watched: list[Server]) -> None:
@@ -132,14 +176,48 @@ class Evaluation:
         # OpenCompass may have given up on a dead server before the poll above saw it die.
         self.server_failure = self.dead_server(stage, watched)
 
-    def dead_server(self, stage: str, watched: list[Server]) -> ServerFailed | None:
+    def dead_server(self, stage: str, watched: list[Server]) -> ServerDied | None:
         for server in watched:
             status = server.exit_status()
             if status is not None:
                 failure = server.failure(f"{status} during {stage}")
                 failure.message += f"; {self.resume_hint(stage)}"
-                return failure
+                return ServerDied(failure, server, status)
         return None
+
+    def stage_incomplete(self, stage: str) -> bool:
+        """Whether STAGE left datasets without their outputs (OpenCompass exits 0 either way)."""
+        names, model = self.plan.abbrs, self.plan.model_abbr
+        if stage == "infer":
+            return bool(outputs.missing_predictions(self.run_dir, model, names))
+        return any(outputs.result_error(self.run_dir, model, name) for name in names)
+
+    @staticmethod
+    def can_restart(running: RunningSet, server: Server) -> bool:
+        """A replica or a lone server can start again where it was; a proxy cannot: the
+        replicas registered with the one that died."""
+        return server is not running.proxy
+
+    def restart(self, group: ServerGroup, stage: str, running: RunningSet, died: ServerDied, served: ServedModel,
+                count: int) -> ServedModel:
+        """Start the server that DIED again on its GPUs and port, with a fresh key unless a proxy
+        fronts it (clients' key is forwarded to every replica), and wait until it is ready."""
+        server = died.server
+        tail = log_tail(server.log_path, outputs.LOG_TAIL_LINES)
+        self.app.warn(f"{server.name} {died.status} during {stage}; restarting it "
+                      f"(restart {count} of {self.plan.restarts}), then resuming {stage}")
+        self.manifest.restarts.append(RestartRecord(role=server.spec.role, stage=stage, at=time.time(),
+                                                    died=died.status, log_tail=tail))
+        group.stop(server)
+        spec = server.spec if running.proxy else server.spec.model_copy(update={"api_key": new_api_key()})
+        again = group.start(spec, running.spec.placement)
+        running.replicas[running.replicas.index(server)] = again
+        roles = [spec.role] + [running.spec.role] * (running.proxy is None and spec.role != running.spec.role)
+        for role in roles:
+            self.manifest.servers[role] = self.manifest.servers[role].model_copy(update={
+                "command": again.command, "started": time.time(), "ready_seconds": None, "job_id": again.job_id})
+        self.save()
+        return self.wait(running, served.model_copy(update={"api_key": spec.api_key}))
 
     def resume_hint(self, stage: str) -> str:
         if stage == "infer":
@@ -294,9 +372,9 @@ class Evaluation:
             target = self.start_set(group, "target", plan.target_set, plan.target)
             # The judge loads during inference when it has GPUs of its own.
             if judge_wanted and plan.judge_set and not plan.gpus_overlap:
-                judge = self.start_set(group, "judge", plan.judge_set, plan.judge)
+                judge = self.start_judge(group)
             served = self.wait(target, plan.target) if target else plan.target
-            self.run_stage("infer", self.render("infer", served, None), target.servers if target else [])
+            self.run_stage(group, "infer", target, served)
             self.check_predictions()
             self.finish_stage("infer")
             if target:
@@ -307,19 +385,40 @@ class Evaluation:
                     f"{status} while loading; predictions are complete: "
                     f"continue with `lmeval judge --reuse {plan.run_id} -w {plan.work_dir}`")
         if "eval" not in stages:
-            self.app.out.print(f"{plan.run_id}", markup=False)
-            self.app.info(f"inference done; judge it with: lmeval judge --reuse {plan.run_id} -w {plan.work_dir}")
+            if self.shared_judge is None:  # in a sweep, the judging follows
+                self.app.out.print(f"{plan.run_id}", markup=False)
+                self.app.info(f"inference done; judge it with: lmeval judge --reuse {plan.run_id} -w {plan.work_dir}")
             return
         if judge_wanted and judge is None:
-            judge = self.start_set(group, "judge", plan.judge_set, plan.judge)
-        judge_served = self.wait(judge, plan.judge) if judge else plan.judge
-        self.run_stage("eval", self.render("eval", plan.target, judge_served), judge.servers if judge else [])
+            judge = self.start_judge(group)
+        shared = self.shared_judge
+        judge_served = plan.judge if shared is None or shared.served is None else shared.served
+        judge_served = self.wait(judge, judge_served) if judge else judge_served
+        judge_served = self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
         scores = self.check_results()
         self.manifest.scores = [score.__dict__ for score in scores]
         self.finish_stage("eval")
-        if judge:
+        if judge and shared is None:
             stop_set(group, judge)
+        elif shared is not None:
+            shared.served = judge_served
+            shared.records = {role: record for role, record in self.manifest.servers.items()
+                              if role == "judge" or role.startswith("judge-")}
         print_scores(self.app, self.plan.model_abbr, scores)
+        self.app.info(f"every prompt, answer and judge reply: lmeval report {plan.run_id} -w {plan.work_dir}")
+
+    def start_judge(self, group: ServerGroup) -> RunningSet | None:
+        """The judge's servers: started in GROUP, or in a sweep the ones its runs share (started
+        by the first run that needs them)."""
+        plan, shared = self.plan, self.shared_judge
+        if shared is None:
+            return self.start_set(group, "judge", plan.judge_set, plan.judge)
+        if shared.running is None:
+            shared.running = self.start_set(shared.group, "judge", plan.judge_set, plan.judge)
+        else:
+            self.manifest.servers.update(shared.records)
+            self.save()
+        return shared.running
 
     def start_set(self, group: ServerGroup, role: str, server_set: ServerSet | None,
                   served: ServedModel) -> RunningSet | None:
@@ -340,6 +439,8 @@ class Evaluation:
         def ready(server: Server) -> None:
             now = time.time()
             record = self.manifest.servers[server.spec.role]
+            if record.ready_seconds is not None:
+                return  # ready before a replica of its set was restarted
             record.ready_seconds = round(now - (record.started or now), 3)
             record.waited_seconds = round(now - began, 3)
             record.url, record.node, record.gpus = server.url, server.node, list(server.gpus)

@@ -39,6 +39,8 @@ Environment variables (the real CLI has no such flags):
                              "reply": "text"}, ...]; the reply of the FIRST
                              entry whose match occurs in the last user message
                              (chat) / the prompt (completions) is returned.
+                             A folder: the key is FOLDER/<model name>.json
+                             (a key per model; none if that file is absent).
   STANDIN_DEFAULT_REPLY      reply when nothing matches (default
                              "I don't know.").
   STANDIN_JUDGE_INVALID      comma-separated markers; in judge mode, if the
@@ -58,6 +60,11 @@ Environment variables (the real CLI has no such flags):
                              like the OOM killer); in-flight requests get no
                              answer.  Counted per process, not reset by
                              POST /standin/reset.
+  STANDIN_CRASH_ONCE         path: with STANDIN_CRASH_AFTER_REQUESTS, a process
+                             that reaches N crashes only if no file is there,
+                             and creates it as it dies: one crash among all
+                             the servers that share the setting (a server
+                             started again after it runs on).
   STANDIN_WORKER_MAX_SECONDS safety net: tp workers exit by themselves after
                              this many seconds (default 900).
   STANDIN_SHUTDOWN_TIMEOUT   max seconds a graceful shutdown waits for
@@ -249,6 +256,15 @@ def judge_reply(gold: str, predicted: str, invalid_markers: list[str]) -> str:
     if any(m and m in predicted for m in invalid_markers):
         return INVALID_JUDGE_REPLY
     return 'A' if normalize_answer(gold) == normalize_answer(predicted) else 'B'
+
+
+def answer_key_path(model_name: str) -> str | None:
+    """STANDIN_ANSWER_KEY, or in the folder it names the key of MODEL_NAME (none if absent)."""
+    path = os.environ.get('STANDIN_ANSWER_KEY')
+    if path and os.path.isdir(path):
+        path = os.path.join(path, f'{os.path.basename(model_name)}.json')
+        return path if os.path.isfile(path) else None
+    return path
 
 
 def load_answer_key(path: str | None) -> list[dict]:
@@ -667,10 +683,11 @@ class App:
         latency_factor('x', self.latency_dist)   # validate
         self.warmup = _env_float('STANDIN_WARMUP_SECONDS', 0.3)
         self.crash_after = _env_int('STANDIN_CRASH_AFTER_REQUESTS')
+        self.crash_once = os.environ.get('STANDIN_CRASH_ONCE') or None
         self.sent_total = 0                       # never reset (crash counter)
         self.sent_lock = threading.Lock()
         markers = os.environ.get('STANDIN_JUDGE_INVALID', '')
-        self.answerer = Answerer(load_answer_key(os.environ.get('STANDIN_ANSWER_KEY')),
+        self.answerer = Answerer(load_answer_key(answer_key_path(self.model_name)),
                                  os.environ.get('STANDIN_DEFAULT_REPLY', DEFAULT_REPLY),
                                  [m for m in markers.split(',') if m])
         self.bound_at: float | None = None
@@ -708,6 +725,11 @@ class App:
             self.sent_total += 1
             n = self.sent_total
         if self.crash_after is not None and n >= self.crash_after:
+            if self.crash_once:
+                try:
+                    open(self.crash_once, 'x').close()   # the one crash, unless another process had it
+                except FileExistsError:
+                    return
             err(f'stand-in: STANDIN_CRASH_AFTER_REQUESTS={self.crash_after} reached, killing myself')
             try:
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -14,7 +14,7 @@ from lmeval.exceptions import UsageError
 
 def command(
     ctx: typer.Context,
-    runs: Annotated[list[str], typer.Argument(help="Two run ids or more; the first is the baseline.")],
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Two run ids or more; the first is the baseline.")],
     work_dir: WorkDir = DEFAULT_WORK_DIR,
     fmt: Annotated[str, typer.Option("--format", help="table, json, csv or markdown.")] = "table",
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the comparison as a bar chart "
@@ -40,20 +40,7 @@ def compare(app, *, run_ids: list[str], work_dir: Path, fmt: str, plot: Path | N
         if not plot.absolute().parent.is_dir():
             raise UsageError(f"--plot {plot}: folder {plot.absolute().parent} does not exist")
     comparison = comparing.compare(work_dir, run_ids)
-    for note in comparing.notes(comparison):
-        app.info(note)
-    if fmt == "table":
-        from rich.table import Table
-
-        table = Table(title="Comparison", caption=f"Δ: {comparing.METHOD}; not significant: the interval holds 0")
-        for position, header in enumerate(comparing.headers(comparison)):
-            table.add_column(header, justify="left" if position < 2 else "right")
-        for row in comparison.rows:
-            table.add_row(*comparing.cells(row))
-        app.out.print(table)
-    else:
-        text = {"json": comparing.as_json, "csv": comparing.as_csv, "markdown": comparing.as_markdown}[fmt](comparison)
-        app.out.print(text, markup=False, soft_wrap=True)
+    comparing.print_comparison(app, comparison, fmt)
     if plot is not None:
         from lmeval.plot import draw
 

@@ -44,6 +44,7 @@ from lmeval.commands.options import (
     Redo,
     RepetitionPenalty,
     Replicas,
+    Restarts,
     Reuse,
     ServerArgs,
     SlurmArgs,
@@ -68,9 +69,15 @@ def evaluate(ctx: typer.Context, stages: Stages, values: dict) -> None:
     def run(application) -> int:
         config = values.pop("config")
         values["launcher"] = values["launcher"].value
+        models = values.pop("models", None) or [None]  # `judge` names no model
         merged, _ = defaults_file.apply(values, defaults_file.given_options(ctx), config)
-        options = EvalOptions(**{key: value for key, value in merged.items() if value is not None})
-        return body(application, options, stages)
+        given = {key: value for key, value in merged.items() if value is not None}
+        options = [EvalOptions(**given, **({"model": model} if model else {})) for model in models]
+        if len(options) > 1:
+            from lmeval.sweep import evaluate_models
+
+            return evaluate_models(application, options, stages)
+        return body(application, options[0], stages)
 
     ctx.obj.run(run)
 
@@ -78,7 +85,11 @@ def evaluate(ctx: typer.Context, stages: Stages, values: dict) -> None:
 def _target_command(stages: Stages, doc: str):
     def command(
         ctx: typer.Context,
-        model: Annotated[str, typer.Argument(help="Model folder (or hub id) to evaluate.")],
+        models: Annotated[list[str], typer.Argument(
+            metavar="MODEL...", help="Model folder (or hub id) to evaluate. Several: each into a run of its own, "
+            "one after the other on the same GPUs, with one judge for all: it loads during the first model's "
+            "inference and judges each model after its inference when its GPUs are its own, else it judges them "
+            "all once every model is inferred.")],
         task: Task = None,
         datasets: DatasetNames = None,
         dataset_files: DatasetFiles = None,
@@ -119,6 +130,7 @@ def _target_command(stages: Stages, doc: str):
         opencompass: Opencompass = None,
         ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,
         grace: Grace = defaults.GRACE,
+        restarts: Restarts = defaults.RESTARTS,
         dry_run: DryRun = False,
         config: ConfigFile = None,
     ) -> None:
@@ -157,6 +169,7 @@ def judge(
     opencompass: Opencompass = None,
     ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,
     grace: Grace = defaults.GRACE,
+    restarts: Restarts = defaults.RESTARTS,
     dry_run: DryRun = False,
     config: ConfigFile = None,
 ) -> None:

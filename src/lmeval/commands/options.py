@@ -18,6 +18,9 @@ Grace = Annotated[float, typer.Option("--grace", help="Seconds a server gets to 
 Lmdeploy = Annotated[Optional[str], typer.Option("--lmdeploy", help="lmdeploy executable [env LMEVAL_LMDEPLOY].")]
 Opencompass = Annotated[Optional[str], typer.Option("--opencompass",
                                                     help="opencompass executable [env LMEVAL_OPENCOMPASS].")]
+Restarts = Annotated[int, typer.Option("--restarts", help="Times each server lmeval started is restarted (same GPUs "
+                                        "and port, fresh key) when it dies during a stage; the stage resumes and "
+                                        "sends only the prompts not yet answered.")]
 ReadyTimeout = Annotated[float, typer.Option("--ready-timeout", help="Seconds a model may take to load.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Write the configs and print the plan; start nothing.")]
 Host = Annotated[str, typer.Option("--host", help="Address the servers listen on.")]

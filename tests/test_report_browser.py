@@ -1,0 +1,229 @@
+"""`lmeval report`'s page in a real browser: Debian's headless chromium, driven by Selenium,
+opens the chain's report from disk and a user's filters, search and clicks are checked against
+what the chain's rows (tests/scenarios.py) say each sample is. A copy of the run with its trivia
+samples repeated shows the lazy rendering. Every chromium process ends with its test.
+
+With LMEVAL_SCREENSHOT=PATH the screenshot (1280x900, the invalid judge reply expanded) is also
+saved to PATH: that is how the README's screenshot is made."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from browser import headless_chromium
+from scenarios import INVALID_MARKER, MC_ROWS, QA_ROWS, judge_agrees
+from typer.testing import CliRunner
+
+from lmeval import outputs
+from lmeval.cli import app
+
+pytestmark = [pytest.mark.processes, pytest.mark.opencompass, pytest.mark.browser]
+
+VIEWPORT = {"width": 1280, "height": 900}
+INVALID_REPLY = "I cannot judge this."  # the stand-in judge's reply to a row with the marker
+COPIES = 50  # of the trivia rows in the run that shows the lazy rendering
+PAGE_ROWS = 200  # rows the page renders at once (lmeval.report.PAGE_ROWS, from a user's side)
+
+
+def trivia_outcome(reply: str, gold: str) -> str:
+    return "invalid" if reply == INVALID_MARKER else "correct" if judge_agrees(reply, gold) else "incorrect"
+
+
+def judge_reply_of(reply: str, gold: str) -> str:
+    return {"invalid": INVALID_REPLY, "correct": "A", "incorrect": "B"}[trivia_outcome(reply, gold)]
+
+
+TRIVIA = [(index, trivia_outcome(reply, gold)) for index, (_, gold, reply) in enumerate(QA_ROWS)]
+CHOICES = [(index, "correct" if reply == gold else "incorrect") for index, (_, _, gold, reply) in enumerate(MC_ROWS)]
+
+
+def write_report(run_dir: Path, work_dir: Path, path: Path) -> Path:
+    shown = CliRunner().invoke(app, ["report", run_dir.name, "-w", str(work_dir), "-o", str(path)])
+    assert shown.exit_code == 0, shown.output
+    return path
+
+
+@pytest.fixture(scope="module")
+def page(chain, tmp_path_factory) -> str:
+    """The file:// address of the chain's report."""
+    return write_report(chain.run_dir, chain.work_dir, tmp_path_factory.mktemp("report") / "report.html").as_uri()
+
+
+@pytest.fixture(scope="module")
+def long_page(chain, tmp_path_factory) -> str:
+    """The report of a copy of the chain's run whose trivia rows (predictions and the judge's
+    replies, in OpenCompass's files) are repeated COPIES times."""
+    work_dir = tmp_path_factory.mktemp("long")
+    run_dir = work_dir / chain.run_dir.name
+    shutil.copytree(chain.run_dir, run_dir, symlinks=True)
+    replies = outputs.judge_reply_files(run_dir, "demo-chat", "trivia")
+    assert len(replies) == 1, replies
+    for path in (outputs.predictions_file(run_dir, "demo-chat", "trivia"), replies[0]):
+        entries = json.loads(path.read_text())
+        path.write_text(json.dumps({str(copy * len(entries) + int(index)): entry
+                                    for copy in range(COPIES) for index, entry in entries.items()}))
+    return write_report(run_dir, work_dir, work_dir / "report.html").as_uri()
+
+
+@pytest.fixture
+def driver(tmp_path):
+    """Headless chromium for one test; it and every process it started end with the test."""
+    with headless_chromium(tmp_path / "chromium", VIEWPORT["width"], VIEWPORT["height"], console_log=True) as browser:
+        yield browser
+
+
+def open_page(driver, address: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(address)
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.documentElement.dataset.rendered"))
+
+
+def section(driver, dataset: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, f'section[data-dataset="{dataset}"]')
+
+
+def rows(driver, dataset: str) -> list[tuple[int, str]]:
+    """The sample rows shown for DATASET, as (index, outcome badge)."""
+    return [(int(index), outcome) for index, outcome in driver.execute_script(
+        "return [...arguments[0].querySelectorAll('tr.sample')].map("
+        "row => [row.dataset.index, row.querySelector('.badge').textContent])", section(driver, dataset))]
+
+
+def count(driver, dataset: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return section(driver, dataset).find_element(By.CSS_SELECTOR, ".count").text
+
+
+def wait_for(driver, what, expected):
+    """WHAT(driver) once it equals EXPECTED (the page filters as the user types, a moment later)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(driver, 5).until(lambda d: what(d) == expected)
+    except TimeoutException:
+        assert what(driver) == expected
+    return expected
+
+
+def click(driver, dataset: str, selector: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    section(driver, dataset).find_element(By.CSS_SELECTOR, selector).click()
+
+
+def sample_row(driver, dataset: str, index: int):
+    from selenium.webdriver.common.by import By
+
+    return section(driver, dataset).find_element(By.CSS_SELECTOR, f'tr.sample[data-index="{index}"]')
+
+
+def detail(driver, dataset: str, index: int) -> dict[str, str]:
+    """The fields of the expanded sample INDEX as shown: label -> text."""
+    from selenium.webdriver.common.by import By
+
+    shown = section(driver, dataset).find_element(By.CSS_SELECTOR, f'tr.detail[data-index="{index}"]')
+    return {field.get_dom_attribute("data-field"): field.find_element(By.TAG_NAME, "pre").text
+            for field in shown.find_elements(By.CSS_SELECTOR, ".field")}
+
+
+def test_the_score_table_shows_the_expected_scores(driver, page, chain):
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, page)
+    shown = {row.find_elements(By.TAG_NAME, "td")[0].text: row.find_element(By.CSS_SELECTOR, ".score").text
+             for row in driver.find_elements(By.CSS_SELECTOR, "#scores tbody tr")}
+    assert shown == chain.scenario.expected
+    assert (rows(driver, "trivia"), rows(driver, "choices")) == (TRIVIA, CHOICES)
+    assert count(driver, "trivia") == f"showing {len(QA_ROWS)} of {len(QA_ROWS)} matching, {len(QA_ROWS)} in all"
+
+
+def test_wrong_only_leaves_the_wrong_samples_and_invalid_only_the_invalid_judge_reply(driver, page):
+    open_page(driver, page)
+    wrong = [(index, outcome) for index, outcome in TRIVIA if outcome != "correct"]
+    click(driver, "trivia", ".wrong-only")
+    assert wait_for(driver, lambda d: rows(d, "trivia"), wrong)
+    assert count(driver, "trivia") == f"showing {len(wrong)} of {len(wrong)} matching, {len(QA_ROWS)} in all"
+    assert rows(driver, "choices") == CHOICES  # each dataset filters on its own
+    click(driver, "choices", ".wrong-only")
+    assert wait_for(driver, lambda d: rows(d, "choices"), [row for row in CHOICES if row[1] == "incorrect"])
+    marlowe = [index for index, (_, _, reply) in enumerate(QA_ROWS) if reply == INVALID_MARKER]
+    click(driver, "trivia", ".wrong-only")
+    click(driver, "trivia", ".invalid-only")
+    assert wait_for(driver, lambda d: rows(d, "trivia"), [(index, "invalid") for index in marlowe])
+    assert count(driver, "trivia") == f"showing 1 of 1 matching, {len(QA_ROWS)} in all"
+    click(driver, "trivia", ".invalid-only")
+    assert wait_for(driver, lambda d: rows(d, "trivia"), TRIVIA)
+
+
+@pytest.mark.parametrize("typed", ["LARGEST", "da vinci", "cannot judge", "saturn"])
+def test_the_search_finds_the_text_in_prompt_prediction_gold_or_judge_reply(driver, page, typed):
+    open_page(driver, page)
+    from selenium.webdriver.common.by import By
+
+    section(driver, "trivia").find_element(By.CSS_SELECTOR, ".search").send_keys(typed)
+    expected = [(index, outcome) for index, outcome in TRIVIA
+                if typed.casefold() in "\n".join([QA_ROWS[index][0], QA_ROWS[index][2], QA_ROWS[index][1],
+                                                  judge_reply_of(QA_ROWS[index][2], QA_ROWS[index][1])]).casefold()]
+    assert expected, f"{typed!r} must find something"
+    assert wait_for(driver, lambda d: rows(d, "trivia"), expected)
+    assert rows(driver, "choices") == CHOICES
+
+
+@pytest.mark.parametrize("wanted", ["incorrect", "invalid"])
+def test_clicking_a_sample_shows_its_prompt_prediction_gold_and_judge_reply(driver, page, wanted):
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, page)
+    index = next(index for index, outcome in TRIVIA if outcome == wanted)
+    question, gold, reply = QA_ROWS[index]
+    sample_row(driver, "trivia", index).click()
+    assert detail(driver, "trivia", index) == {"prompt": question, "prediction": reply, "gold": gold,
+                                               "judge_reply": judge_reply_of(reply, gold)}
+    sample_row(driver, "trivia", index).click()
+    assert not section(driver, "trivia").find_elements(By.CSS_SELECTOR, "tr.detail")
+
+
+def test_the_rows_are_rendered_a_page_at_a_time_as_the_user_scrolls(driver, long_page):
+    from selenium.webdriver.common.by import By
+
+    total = COPIES * len(QA_ROWS)
+    wrong = COPIES * sum(outcome != "correct" for _, outcome in TRIVIA)
+    open_page(driver, long_page)
+    assert rows(driver, "trivia") == [(index, TRIVIA[index % len(QA_ROWS)][1]) for index in range(PAGE_ROWS)]
+    assert count(driver, "trivia") == f"showing {PAGE_ROWS} of {total} matching, {total} in all"
+    for shown in [*range(2 * PAGE_ROWS, total, PAGE_ROWS), total]:  # a page more each time the end comes in view
+        driver.execute_script("arguments[0].querySelector('.more').scrollIntoView()", section(driver, "trivia"))
+        assert wait_for(driver, lambda d: count(d, "trivia"), f"showing {shown} of {total} matching, {total} in all")
+    assert rows(driver, "trivia") == [(index, TRIVIA[index % len(QA_ROWS)][1]) for index in range(total)]
+    assert not section(driver, "trivia").find_element(By.CSS_SELECTOR, ".more").is_displayed()
+    driver.execute_script("window.scrollTo(0, 0)")
+    click(driver, "trivia", ".wrong-only")
+    assert wait_for(driver, lambda d: count(d, "trivia"),
+                    f"showing {min(PAGE_ROWS, wrong)} of {wrong} matching, {total} in all")
+
+
+def test_the_page_logs_no_error_and_its_screenshot_is_a_png(driver, page, tmp_path):
+    open_page(driver, page)
+    click(driver, "trivia", ".wrong-only")
+    click(driver, "trivia", ".wrong-only")
+    marlowe = next(index for index, outcome in TRIVIA if outcome == "invalid")
+    sample_row(driver, "trivia", marlowe).click()
+    driver.execute_script("window.scrollTo(0, 0)")
+    assert [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")] == []
+    screenshot = tmp_path / "report.png"
+    assert driver.save_screenshot(str(screenshot))
+    data = screenshot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (VIEWPORT["width"], VIEWPORT["height"])
+    if os.environ.get("LMEVAL_SCREENSHOT"):
+        shutil.copyfile(screenshot, os.environ["LMEVAL_SCREENSHOT"])

@@ -1,0 +1,113 @@
+"""Several models in one `lmeval run`: each gets the scores its own answer key implies (the
+stand-in reads a key per model from a folder), one judge server is started for all of them,
+and nothing is left running."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from scenarios import MC_ROWS, QA_ROWS, write_scenario
+from toolkit import MODELS, TOOLS, leftovers
+
+pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
+
+# Each model's replies: the chain's rows with the first N trivia replies made right or wrong.
+REPLIES = {
+    "alpha": (QA_ROWS, MC_ROWS),
+    "beta": ([(q, gold, gold) for q, gold, _ in QA_ROWS], MC_ROWS),
+    "gamma": ([(q, gold, "no idea") for q, gold, _ in QA_ROWS[:6]] + QA_ROWS[6:],
+              [(q, options, gold, gold) for q, options, gold, _ in MC_ROWS]),
+}
+
+
+@pytest.fixture
+def models(tmp_path):
+    """Model folders named after REPLIES, the datasets, a folder of keys (one per model) and
+    each model's expected scores."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    expected, folders = {}, []
+    for name, (qa_rows, mc_rows) in REPLIES.items():
+        qa, mc, key, scores = write_scenario(tmp_path / "data" / name, qa_rows, mc_rows)
+        shutil.copy(key, keys / f"{name}.json")
+        shutil.copytree(MODELS / "demo-chat", tmp_path / "models" / name)
+        folders.append(tmp_path / "models" / name)
+        expected[name] = {dataset: round(score, 2) for dataset, score in scores.items()}
+        datasets = ["--dataset", str(qa), "--dataset", str(mc)]  # the same questions for every model
+    return folders, datasets, keys, expected
+
+
+def run_scores(work_dir) -> dict[str, dict[str, float]]:
+    scores = {}
+    for run_dir in sorted(work_dir.iterdir()):
+        manifest = json.loads((run_dir / "lmeval.json").read_text())
+        scores[manifest["model_abbr"]] = {entry["dataset"]: entry["value"] for entry in manifest["scores"]}
+    return scores
+
+
+def judge_args(gpus: str):
+    return ["--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", gpus, "--judge-tp", "1"]
+
+
+@pytest.mark.usefixtures("venvs")
+def test_three_models_with_one_judge(models, tmp_path, lmeval_runner):
+    folders, datasets, keys, expected = models
+    work_dir = tmp_path / "out"
+    result = lmeval_runner.run("run", *map(str, folders), *datasets, "--gpus", "0", *judge_args("1"),
+                               "-w", str(work_dir), *TOOLS,
+                               env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(keys), COLUMNS="250"),
+                               work_dir=work_dir, timeout=900)
+    assert result.poll() == 0, result.transcript()
+    assert run_scores(work_dir) == expected
+    runs = sorted(path.name for path in work_dir.iterdir())
+    assert f"lmeval: runs: alpha {runs[0]}, beta {runs[1]}, gamma {runs[2]}" in result.stderr_lines
+    started = [line for line in result.stderr_lines if line.startswith("lmeval: started ")]
+    assert [line.split(" on ")[0] for line in started] == [
+        "lmeval: started target server", "lmeval: started judge server",  # the judge loads during alpha's inference
+        "lmeval: started target server", "lmeval: started target server"]
+    # Each model is judged right after its inference, by the one judge.
+    stages = [line.split(":")[1].strip() for line in result.stderr_lines
+              if line.startswith(("lmeval: infer: /", "lmeval: eval: /"))]
+    assert stages == ["infer", "eval"] * 3
+    commands = {json.loads((work_dir / run / "lmeval.json").read_text())["servers"]["judge"]["command"]
+                for run in runs}
+    assert len(commands) == 1
+    table = [line for line in result.stdout_lines if line.startswith("│ ")][-2:]
+    assert [[cell.strip() for cell in line.split("│")[1:6]] for line in table] == [
+        [dataset, "accuracy", *(f"{expected[name][dataset]:.2f}" for name in REPLIES)] for dataset in ("trivia", "choices")]
+    assert leftovers([work_dir]) == []
+
+
+@pytest.mark.usefixtures("venvs")
+def test_a_judge_on_the_models_gpus_judges_once_every_model_is_inferred(models, tmp_path, lmeval_runner):
+    folders, datasets, keys, expected = models
+    work_dir = tmp_path / "out"
+    result = lmeval_runner.run("run", *map(str, folders[:2]), *datasets, "--gpus", "0", *judge_args("0"),
+                               "-w", str(work_dir), *TOOLS, env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(keys)),
+                               work_dir=work_dir, timeout=900)
+    assert result.poll() == 0, result.transcript()
+    assert run_scores(work_dir) == {name: expected[name] for name in ("alpha", "beta")}
+    events = [line.split(" on ")[0].split(":")[1].strip() for line in result.stderr_lines
+              if line.startswith(("lmeval: started ", "lmeval: infer: /", "lmeval: eval: /"))]
+    assert events == ["started target server", "infer", "started target server", "infer",
+                      "started judge server", "eval", "eval"]
+    assert leftovers([work_dir]) == []
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--name", "x"], "--name goes with one model; evaluate the models one by one to use it"),
+    (["--reuse", "20250101_120000"], "--reuse goes with one model; evaluate the models one by one to use it"),
+])
+def test_options_of_one_model_are_refused_with_several(models, tmp_path, extra, message):
+    from typer.testing import CliRunner
+
+    from lmeval.cli import app
+
+    folders, datasets, _, _ = models
+    shown = CliRunner().invoke(app, ["run", *map(str, folders[:2]), *datasets, "-w", str(tmp_path / "out"), *TOOLS,
+                                     *extra])
+    assert (shown.exit_code, shown.stderr) == (2, f"lmeval: error: {message}\n")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
