@@ -152,8 +152,8 @@ def test_the_work_dirs_defaults_file_fills_in_what_the_command_line_leaves(model
 @pytest.mark.parametrize("content, message", [
     ('judge_gpu = "1"\n', "unknown key 'judge_gpu'; it takes: lmdeploy, opencompass, work_dir, gpus, tp, host, "
                           "server_args, judge_model, judge_gpus, judge_tp, judge_replicas, judge_server_args, launcher, "
-                          "partition, judge_partition, slurm_args, ready_timeout, grace, restarts, temperature, "
-                          "max_out_len, max_seq_len, top_p, top_k, repetition_penalty, extra_body"),
+                          "partition, judge_partition, slurm_args, ready_timeout, grace, restarts, stream, "
+                          "temperature, max_out_len, max_seq_len, top_p, top_k, repetition_penalty, extra_body"),
     ('judge_tp = "two"\n', "judge_tp: Input should be a valid integer, unable to parse string as an integer"),
     ('launcher = "k8s"\n', "launcher: Input should be 'local' or 'slurm'"),
     ('work_dir = "/elsewhere"\n', "work_dir cannot be set in a work dir's own lmeval.toml; put it in a file you "

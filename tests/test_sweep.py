@@ -48,18 +48,19 @@ def run_scores(work_dir) -> dict[str, dict[str, float]]:
     return scores
 
 
-def judge_args(gpus: str):
-    return ["--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", gpus, "--judge-tp", "1"]
+def run_models(runner, folders, datasets, keys, work_dir, judge_gpus: str, **env: str):
+    """`lmeval run` of FOLDERS on GPU 0, the judge on JUDGE_GPUS, each model with its own key."""
+    return runner.run("run", *map(str, folders), *datasets, "--gpus", "0", "--judge-model", str(MODELS / "demo-judge"),
+                      "--judge-gpus", judge_gpus, "--judge-tp", "1", "-w", str(work_dir), *TOOLS,
+                      env=runner.env(STANDIN_ANSWER_KEY=str(keys), COLUMNS="250", **env), work_dir=work_dir,
+                      timeout=900)
 
 
 @pytest.mark.usefixtures("venvs")
 def test_three_models_with_one_judge(models, tmp_path, lmeval_runner):
     folders, datasets, keys, expected = models
     work_dir = tmp_path / "out"
-    result = lmeval_runner.run("run", *map(str, folders), *datasets, "--gpus", "0", *judge_args("1"),
-                               "-w", str(work_dir), *TOOLS,
-                               env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(keys), COLUMNS="250"),
-                               work_dir=work_dir, timeout=900)
+    result = run_models(lmeval_runner, folders, datasets, keys, work_dir, "1")
     assert result.poll() == 0, result.transcript()
     assert run_scores(work_dir) == expected
     runs = sorted(path.name for path in work_dir.iterdir())
@@ -85,9 +86,7 @@ def test_three_models_with_one_judge(models, tmp_path, lmeval_runner):
 def test_a_judge_on_the_models_gpus_judges_once_every_model_is_inferred(models, tmp_path, lmeval_runner):
     folders, datasets, keys, expected = models
     work_dir = tmp_path / "out"
-    result = lmeval_runner.run("run", *map(str, folders[:2]), *datasets, "--gpus", "0", *judge_args("0"),
-                               "-w", str(work_dir), *TOOLS, env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(keys)),
-                               work_dir=work_dir, timeout=900)
+    result = run_models(lmeval_runner, folders[:2], datasets, keys, work_dir, "0")
     assert result.poll() == 0, result.transcript()
     assert run_scores(work_dir) == {name: expected[name] for name in ("alpha", "beta")}
     events = [line.split(" on ")[0].split(":")[1].strip() for line in result.stderr_lines
@@ -111,3 +110,25 @@ def test_options_of_one_model_are_refused_with_several(models, tmp_path, extra, 
                                      *extra])
     assert (shown.exit_code, shown.stderr) == (2, f"lmeval: error: {message}\n")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.usefixtures("venvs")
+def test_a_model_that_fails_does_not_stop_the_others(models, tmp_path, lmeval_runner):
+    folders, datasets, keys, expected = models
+    work_dir = tmp_path / "out"
+    result = run_models(lmeval_runner, folders, datasets, keys, work_dir, "1", STANDIN_CRASH_DURING_LOAD="beta")
+    assert result.poll() == 1, result.transcript()
+    alpha, beta, gamma = sorted(path.name for path in work_dir.iterdir())
+    scores = run_scores(work_dir)
+    assert {name: scores[name] for name in ("alpha", "gamma")} == {name: expected[name] for name in ("alpha", "gamma")}
+    assert scores["beta"] == {}
+    failed = [line for line in result.stderr_lines if line.startswith("lmeval: warning: beta ")]
+    assert len(failed) == 1 and failed[0].startswith(f"lmeval: warning: beta (run {beta}) failed: target server ")
+    assert result.stderr_lines[-1] == (
+        f"lmeval: error: 1 of 3 models failed, their errors are above; resume each alone with its other options "
+        f"as before: beta (run {beta}): `lmeval run {folders[1]} ... --reuse {beta}`")
+    table = [line for line in result.stdout_lines if line.startswith("│ ")][-2:]
+    assert [[cell.strip() for cell in line.split("│")[1:5]] for line in table] == [
+        [dataset, "accuracy", f"{expected['alpha'][dataset]:.2f}", f"{expected['gamma'][dataset]:.2f}"]
+        for dataset in ("trivia", "choices")]
+    assert leftovers([work_dir]) == []

@@ -48,6 +48,7 @@ class DefaultsFile(BaseModel):
     ready_timeout: float | None = None
     grace: float | None = None
     restarts: int | None = None
+    stream: bool | None = None
     # generation
     temperature: float | None = None
     max_out_len: int | None = None

@@ -69,6 +69,8 @@ class Manifest(BaseModel):
     stale: list[dict[str, Any]] = []
     servers: dict[str, ServerRecord] = {}
     restarts: list[RestartRecord] = []
+    # dataset -> when its predictions were complete ("inferred") and when it was scored ("judged")
+    dataset_times: dict[str, dict[str, float]] = {}
     versions: dict[str, str] = {}
     stages: dict[str, StageRecord] = {}
     wall_seconds: float | None = None  # the whole command, start to end

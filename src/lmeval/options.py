@@ -60,6 +60,7 @@ class EvalOptions(BaseModel):
     ready_timeout: float = defaults.READY_TIMEOUT
     grace: float = defaults.GRACE
     restarts: int = defaults.RESTARTS
+    stream: bool = True
     dry_run: bool = False
 
     def target_key(self) -> SecretStr | None:

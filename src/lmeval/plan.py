@@ -51,6 +51,7 @@ class EvalPlan:
     ready_timeout: float
     grace: float
     restarts: int  # per server lmeval started, when it dies during a stage
+    stream: bool  # judge each dataset once inferred, when the judge has GPUs of its own
     dry_run: bool
     # Dataset files to copy into the run (source, copy), done under the run's lock.
     copies: tuple[tuple[Path, Path], ...] = ()
@@ -68,8 +69,12 @@ class EvalPlan:
             return False
         return bool(set(self.target_set.gpus) & set(self.judge_set.gpus))
 
-    def config_plan(self, target: configgen.ServedModel, judge: configgen.ServedModel | None) -> configgen.ConfigPlan:
-        return configgen.ConfigPlan(datasets=self.datasets, model_abbr=self.model_abbr, target=target,
+    def config_plan(self, target: configgen.ServedModel, judge: configgen.ServedModel | None,
+                    abbrs: list[str] | None = None) -> configgen.ConfigPlan:
+        """The configs' plan; ABBRS: of those datasets only (a streamed evaluation's)."""
+        datasets = self.datasets if abbrs is None else tuple(
+            dataset for dataset, abbr in zip(self.datasets, self.abbrs) if abbr in abbrs)
+        return configgen.ConfigPlan(datasets=datasets, model_abbr=self.model_abbr, target=target,
                                     generation=self.generation, judge=judge)
 
     def predictions_complete(self) -> bool:
@@ -306,7 +311,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         run_id=run_dir.name, run_dir=run_dir, work_dir=work_dir, manifest=manifest, opencompass=opencompass,
         lmdeploy=lmdeploy, datasets=datasets, model_abbr=inputs.model_abbr, generation=inputs.generation,
         target=target, target_set=target_set, judge=judge, judge_set=judge_set, ready_timeout=options.ready_timeout,
-        grace=options.grace, restarts=options.restarts, dry_run=options.dry_run, copies=copies, redo_reason=redo_reason,
+        grace=options.grace, restarts=options.restarts, stream=options.stream, dry_run=options.dry_run, copies=copies,
+        redo_reason=redo_reason,
     )
 
 

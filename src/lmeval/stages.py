@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from lmeval.plan import EvalPlan, in_flight, make_plan
 from lmeval.results import print_scores
 from lmeval.runs import move_aside
 from lmeval.signals import interrupt_name
+from lmeval.streaming import StreamedJudging
 
 SUPERVISE_SECONDS = 0.2
 PROGRESS_SECONDS = 5.0
@@ -72,9 +74,11 @@ class Evaluation:
     def config_path(self, stage: str) -> Path:
         return self.run_dir / "lmeval" / f"{stage}_config.py"
 
-    def render(self, stage: str, target: ServedModel, judge: ServedModel | None) -> Path:
-        path = self.config_path(stage)
-        write_private(path, configgen.render_config(stage, self.plan.config_plan(target, judge)))
+    def render(self, stage: str, target: ServedModel, judge: ServedModel | None, abbrs: list[str] | None = None,
+               path: Path | None = None) -> Path:
+        """Write STAGE's config (of the datasets ABBRS only, if given) to PATH, by default the stage's own."""
+        path = path or self.config_path(stage)
+        write_private(path, configgen.render_config(stage, self.plan.config_plan(target, judge, abbrs)))
         return path
 
     def opencompass(self, stage: str, config: Path) -> OpenCompassRun:
@@ -104,11 +108,12 @@ class Evaluation:
 
     # ------------------------------------------------------------ stages
 
-    def run_stage(self, group: ServerGroup, stage: str, running: RunningSet | None,
-                  served: ServedModel) -> ServedModel:
+    def run_stage(self, group: ServerGroup, stage: str, running: RunningSet | None, served: ServedModel,
+                  meanwhile: Callable[[], None] = lambda: None) -> ServedModel:
         """Run OpenCompass for STAGE against RUNNING (SERVED, as its clients see it; returned as
         they see it at the end). A server of RUNNING that dies stops OpenCompass at once; it is
-        started again up to --restarts times and OpenCompass resumes the stage from what it saved."""
+        started again up to --restarts times and OpenCompass resumes the stage from what it saved.
+        MEANWHILE is called as OpenCompass runs (lmeval.streaming)."""
         self.preflight.check()  # the servers are ready: what it found by now, or nothing
         self.stop_preflight()  # the stage itself does the rest of what it checks
         record = self.manifest.stage(stage)
@@ -118,7 +123,7 @@ class Evaluation:
             target, judge = (served, None) if stage == "infer" else (self.plan.target, served)
             watched = running.servers if running else []
             try:
-                self.run_opencompass(stage, self.render(stage, target, judge), watched)
+                self.run_opencompass(stage, self.render(stage, target, judge), watched, meanwhile)
                 died = self.server_failure if self.stage_incomplete(stage) else None
             except ServerDied as error:
                 died = error
@@ -133,7 +138,7 @@ class Evaluation:
             restarted[role] = restarted.get(role, 0) + 1
             served = self.restart(group, stage, running, died, served, restarted[role])
 
-    def run_opencompass(self, stage: str, config: Path, watched: list[Server]) -> None:
+    def run_opencompass(self, stage: str, config: Path, watched: list[Server], meanwhile: Callable[[], None]) -> None:
         """One OpenCompass process for STAGE, stopped at once if a watched server dies."""
         record = self.manifest.stage(stage)
         record.status, record.message = "running", ""
@@ -144,7 +149,7 @@ class Evaluation:
         started = time.monotonic()
         try:
             oc.start()
-            self.supervise(stage, oc, watched)
+            self.supervise(stage, oc, watched, meanwhile)
             self.opencompass_codes[stage] = oc.poll()
         except BaseException as error:
             self.app.stopped(oc.name, oc.stop(), self.plan.work_dir)
@@ -159,13 +164,14 @@ class Evaluation:
             record.opencompass_seconds = round((record.opencompass_seconds or 0) + time.monotonic() - started, 3)
             self.save()
 
-    def supervise(self, stage: str, oc: OpenCompassRun, watched: list[Server]) -> None:
+    def supervise(self, stage: str, oc: OpenCompassRun, watched: list[Server], meanwhile: Callable[[], None]) -> None:
         last_progress = ""
         last_shown = time.monotonic()
         while oc.poll() is None:
             failure = self.dead_server(stage, watched)
             if failure:
                 raise failure
+            meanwhile()
             if stage == "infer" and time.monotonic() - last_shown >= PROGRESS_SECONDS:
                 progress = self.progress_line()
                 if progress != last_progress:
@@ -194,9 +200,10 @@ class Evaluation:
 
     @staticmethod
     def can_restart(running: RunningSet, server: Server) -> bool:
-        """A replica or a lone server can start again where it was; a proxy cannot: the
-        replicas registered with the one that died."""
-        return server is not running.proxy
+        """A replica or a lone server here can start again where it was. A proxy cannot: the
+        replicas registered with the one that died. Nor can a Slurm job: one that ended was
+        cancelled, out of time or lost its node, and a new one may wait in the queue for hours."""
+        return server is not running.proxy and running.spec.placement is None
 
     def restart(self, group: ServerGroup, stage: str, running: RunningSet, died: ServerDied, served: ServedModel,
                 count: int) -> ServedModel:
@@ -374,11 +381,20 @@ class Evaluation:
             if judge_wanted and plan.judge_set and not plan.gpus_overlap:
                 judge = self.start_judge(group)
             served = self.wait(target, plan.target) if target else plan.target
-            self.run_stage(group, "infer", target, served)
-            self.check_predictions()
-            self.finish_stage("infer")
-            if target:
-                stop_set(group, target)
+            streamed = StreamedJudging(self, judge, self.judge_served()) if judge and plan.stream else None
+            try:
+                self.run_stage(group, "infer", target, served, meanwhile=streamed.poll if streamed else lambda: None)
+                self.check_predictions()
+                self.finish_stage("infer")
+                if target:
+                    stop_set(group, target)
+                if streamed:
+                    streamed.drain()
+            finally:
+                if streamed:
+                    streamed.stop()
+            if streamed and streamed.ready and self.shared_judge is not None:
+                self.shared_judge.served = streamed.served
             if judge and (exited := judge.first_exit()):
                 server, status = exited
                 raise server.failure(
@@ -392,8 +408,7 @@ class Evaluation:
         if judge_wanted and judge is None:
             judge = self.start_judge(group)
         shared = self.shared_judge
-        judge_served = plan.judge if shared is None or shared.served is None else shared.served
-        judge_served = self.wait(judge, judge_served) if judge else judge_served
+        judge_served = self.wait(judge, self.judge_served()) if judge else self.judge_served()
         judge_served = self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
         scores = self.check_results()
         self.manifest.scores = [score.__dict__ for score in scores]
@@ -406,6 +421,11 @@ class Evaluation:
                               if role == "judge" or role.startswith("judge-")}
         print_scores(self.app, self.plan.model_abbr, scores)
         self.app.info(f"every prompt, answer and judge reply: lmeval report {plan.run_id} -w {plan.work_dir}")
+
+    def judge_served(self) -> ServedModel | None:
+        """The judge as OpenCompass reaches it: a sweep's shared judge may have a newer key."""
+        shared = self.shared_judge
+        return self.plan.judge if shared is None or shared.served is None else shared.served
 
     def start_judge(self, group: ServerGroup) -> RunningSet | None:
         """The judge's servers: started in GROUP, or in a sweep the ones its runs share (started
@@ -456,7 +476,19 @@ class Evaluation:
         record.ended = time.time()
         if record.started:
             record.seconds = round(record.ended - record.started, 3)
+        self.record_dataset_times()
         self.save()
+
+    def record_dataset_times(self) -> None:
+        """When each dataset's inference and its scoring (judged or by rule) ended: the times
+        OpenCompass wrote its predictions and its results."""
+        plan = self.plan
+        for name in plan.abbrs:
+            times = self.manifest.dataset_times.setdefault(name, {})
+            for event, path in (("inferred", outputs.predictions_file(self.run_dir, plan.model_abbr, name)),
+                                ("judged", outputs.results_file(self.run_dir, plan.model_abbr, name))):
+                if path.is_file():
+                    times[event] = round(path.stat().st_mtime, 3)
 
     def dry_run(self, stages: tuple[str, ...]) -> int:
         plan = self.plan

@@ -2,10 +2,10 @@
 other on the GPUs given, with the judge started once for all of them.
 
 When the judge has GPUs of its own, it loads during the first model's inference and judges
-each model right after its inference; when its GPUs are the models', every model is inferred
-first and the judge then judges them all. A model whose run fails does not stop the others; the
-command ends with the scores of every model side by side (lmeval.compare) and exits 1 if one
-failed, naming the `--reuse` that resumes it.
+each model's datasets as they are inferred (lmeval.streaming); when its GPUs are the models',
+every model is inferred first and the judge then judges them all. A model whose run fails does
+not stop the others; the command ends with the scores of every model side by side
+(lmeval.compare) and exits 1 if one failed, naming the `--reuse` that resumes it.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ def evaluate_models(app: Application, options: list[EvalOptions], stages: tuple[
                         Evaluation(app, plan, shared).execute(phase)
                     except LmevalError as error:
                         app.warn(f"{plan.model_abbr} (run {plan.run_id}) failed: {error.message}")
+                        if error.detail:
+                            app.err.print(error.detail, markup=False)
                         failed.add(plan.run_id)
         except KeyboardInterrupt:
             app.info("runs that finished keep their scores; resume the others with "

@@ -31,6 +31,9 @@ Environment variables (the real CLI has no such flags):
 
   STANDIN_LOAD_SECONDS       "model loading" time before the port is bound
                              (default 0.5).  The port is NOT open meanwhile.
+  STANDIN_LOAD_SECONDS_OF    JSON {"model name": seconds}: the load time of
+                             those models (e.g. a slow judge beside quick
+                             targets); the others take STANDIN_LOAD_SECONDS.
   STANDIN_WARMUP_SECONDS     after binding, GET /health answers 503
                              {"status": "initializing", ...} for this long
                              (default 0.3), then 200 {"status": "healthy"}.
@@ -54,6 +57,7 @@ Environment variables (the real CLI has no such flags):
                              ending in "RuntimeError: CUDA out of memory
                              (stand-in)" to stderr and exit 1 (an uncaught
                              exception, as in the real server), before binding.
+                             Model names, comma-separated: only those crash.
   STANDIN_CRASH_AFTER_REQUESTS  N: after the N-th chat/completions response of
                              this process has been sent, the process kills
                              itself with SIGKILL (exit status -9 / shell 137,
@@ -256,6 +260,13 @@ def judge_reply(gold: str, predicted: str, invalid_markers: list[str]) -> str:
     if any(m and m in predicted for m in invalid_markers):
         return INVALID_JUDGE_REPLY
     return 'A' if normalize_answer(gold) == normalize_answer(predicted) else 'B'
+
+
+def load_seconds(model_name: str) -> float:
+    """STANDIN_LOAD_SECONDS, or MODEL_NAME's own in STANDIN_LOAD_SECONDS_OF."""
+    own = json.loads(os.environ.get('STANDIN_LOAD_SECONDS_OF') or '{}')
+    name = os.path.basename(model_name)
+    return float(own[name]) if name in own else _env_float('STANDIN_LOAD_SECONDS', 0.5)
 
 
 def answer_key_path(model_name: str) -> str | None:
@@ -1194,8 +1205,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.tp and args.tp > 1:
         start_workers(args.tp)
 
-    time.sleep(_env_float('STANDIN_LOAD_SECONDS', 0.5))
-    if os.environ.get('STANDIN_CRASH_DURING_LOAD', '') not in ('', '0'):
+    time.sleep(load_seconds(args.model_name))
+    crash = os.environ.get('STANDIN_CRASH_DURING_LOAD', '')
+    if crash == '1' or os.path.basename(args.model_name) in crash.split(','):
         return crash_during_load()
 
     for _ in range(3):

@@ -45,6 +45,7 @@ from lmeval.commands.options import (
     RepetitionPenalty,
     Replicas,
     Restarts,
+    Stream,
     Reuse,
     ServerArgs,
     SlurmArgs,
@@ -88,7 +89,7 @@ def _target_command(stages: Stages, doc: str):
         models: Annotated[list[str], typer.Argument(
             metavar="MODEL...", help="Model folder (or hub id) to evaluate. Several: each into a run of its own, "
             "one after the other on the same GPUs, with one judge for all: it loads during the first model's "
-            "inference and judges each model after its inference when its GPUs are its own, else it judges them "
+            "inference and judges each model's datasets as they are inferred when its GPUs are its own, else it judges them "
             "all once every model is inferred.")],
         task: Task = None,
         datasets: DatasetNames = None,
@@ -131,6 +132,7 @@ def _target_command(stages: Stages, doc: str):
         ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,
         grace: Grace = defaults.GRACE,
         restarts: Restarts = defaults.RESTARTS,
+        stream: Stream = True,
         dry_run: DryRun = False,
         config: ConfigFile = None,
     ) -> None:

@@ -21,6 +21,9 @@ Opencompass = Annotated[Optional[str], typer.Option("--opencompass",
 Restarts = Annotated[int, typer.Option("--restarts", help="Times each server lmeval started is restarted (same GPUs "
                                         "and port, fresh key) when it dies during a stage; the stage resumes and "
                                         "sends only the prompts not yet answered.")]
+Stream = Annotated[bool, typer.Option("--stream/--no-stream", help="When the judge has GPUs of its own: judge each "
+                                      "dataset as soon as its predictions are complete, while the others are "
+                                      "inferred.")]
 ReadyTimeout = Annotated[float, typer.Option("--ready-timeout", help="Seconds a model may take to load.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Write the configs and print the plan; start nothing.")]
 Host = Annotated[str, typer.Option("--host", help="Address the servers listen on.")]

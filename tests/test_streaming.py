@@ -1,0 +1,45 @@
+"""Judging that streams behind inference: with the judge on GPUs of its own, a dataset whose
+predictions are complete is judged while the next dataset is still being inferred; the scores
+are those of the answer key, and the manifest says when each dataset was inferred and judged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scenarios import QA_ROWS, write_scenario
+from toolkit import MODELS, TOOLS, leftovers, shown_scores
+
+pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
+
+# A short judged dataset first, then a multiple-choice one that takes the model a while.
+SLOW_MC_ROWS = [(f"Pick item {i:02d}: ", ["x", "y", "z"], "ABC"[i % 3], "ABC"[i % 3] if i % 4 else "A")
+                for i in range(60)]
+LATENCY_SECONDS = "1.0"  # per answer; 3 in flight: 20 s for the multiple-choice set
+
+
+@pytest.mark.usefixtures("venvs")
+def test_a_finished_dataset_is_judged_while_the_next_is_inferred(tmp_path, lmeval_runner):
+    qa, mc, key, expected = write_scenario(tmp_path / "data", QA_ROWS[:5], SLOW_MC_ROWS)
+    work_dir = tmp_path / "out"
+    result = lmeval_runner.run(
+        "run", str(MODELS / "demo-chat"), "--dataset", str(qa), "--dataset", str(mc), "--gpus", "0",
+        "--server-args", "--max-batch-size 2", "--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", "1",
+        "--judge-tp", "1", "-w", str(work_dir), *TOOLS,
+        env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(key), STANDIN_LATENCY_SECONDS=LATENCY_SECONDS),
+        work_dir=work_dir, timeout=600)
+    assert result.poll() == 0, result.transcript()
+    assert shown_scores(result.stdout) == {name: round(score, 2) for name, score in expected.items()}
+    # trivia's evaluation starts while choices is inferred (choices may get one too, if its
+    # predictions are written before OpenCompass's inference has exited); each dataset once.
+    streamed = [line.removeprefix("lmeval: eval of ").split(" while inference goes on: ")[0]
+                for line in result.stderr_lines if line.startswith("lmeval: eval of ")]
+    assert streamed[0] == "trivia" and len(streamed) == len(set(streamed)) <= 2, result.stderr
+    run_dir = next(work_dir.iterdir())
+    times = json.loads((run_dir / "lmeval.json").read_text())["dataset_times"]
+    assert times["trivia"]["inferred"] < times["trivia"]["judged"] < times["choices"]["inferred"], times
+    assert times["choices"]["inferred"] < times["choices"]["judged"]
+    assert [line.split(" on ")[0] for line in result.stderr_lines if line.startswith("lmeval: started ")] == [
+        "lmeval: started target server", "lmeval: started judge server"]
+    assert leftovers([work_dir]) == []
