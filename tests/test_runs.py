@@ -4,7 +4,6 @@ one finished, one whose lmeval was killed mid-inference, one an lmeval holds now
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -12,20 +11,16 @@ import pytest
 from typer.testing import CliRunner
 
 from lmeval.cli import app
+from toolkit import copy_run
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
 JUDGED, KILLED, WORKING = "20250101_120000", "20250102_120000", "20250103_120000"
 
 
-def copy_run(chain, work_dir, run_id):
-    run_dir = work_dir / run_id
-    shutil.copytree(chain.run_dir, run_dir, symlinks=True)
-    (run_dir / ".lmeval.lock").unlink(missing_ok=True)
-    manifest = json.loads((run_dir / "lmeval.json").read_text())
-    manifest["run_id"] = run_id
-    (run_dir / "lmeval.json").write_text(json.dumps(manifest))
-    return run_dir, manifest
+def copy_chain_run(chain, work_dir, run_id):
+    run_dir = copy_run(chain.run_dir, work_dir, run_id, chain.run_dir)
+    return run_dir, json.loads((run_dir / "lmeval.json").read_text())
 
 
 def set_infer_running(run_dir, manifest):
@@ -38,9 +33,9 @@ def set_infer_running(run_dir, manifest):
 def work_dir(chain, tmp_path):
     work_dir = tmp_path / "out"
     work_dir.mkdir()
-    copy_run(chain, work_dir, JUDGED)
+    copy_chain_run(chain, work_dir, JUDGED)
     for run_id in (KILLED, WORKING):
-        set_infer_running(*copy_run(chain, work_dir, run_id))
+        set_infer_running(*copy_chain_run(chain, work_dir, run_id))
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time\n"
         f"fd = os.open({str(work_dir / WORKING / '.lmeval.lock')!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"

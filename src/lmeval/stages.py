@@ -81,10 +81,11 @@ class Evaluation:
         write_private(path, configgen.render_config(stage, self.plan.config_plan(target, judge, abbrs)))
         return path
 
-    def opencompass(self, stage: str, config: Path) -> OpenCompassRun:
+    def opencompass(self, stage: str, config: Path, log_name: str = "") -> OpenCompassRun:
+        """OpenCompass for STAGE on CONFIG, its output in RUN/lmeval/LOG_NAME (`opencompass_STAGE.log`)."""
         return OpenCompassRun(self.plan.opencompass, config, stage, self.plan.work_dir, self.plan.run_id,
                               cwd=self.run_dir / "lmeval" / "opencompass_cwd",
-                              log_path=self.run_dir / "lmeval" / f"opencompass_{stage}.log")
+                              log_path=self.run_dir / "lmeval" / (log_name or f"opencompass_{stage}.log"))
 
     def record_external(self, role: str, served: ServedModel) -> None:
         """A server the user runs (--api-server / --judger-server)."""

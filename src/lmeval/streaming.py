@@ -71,9 +71,7 @@ class StreamedJudging:
         self.evaluations += 1
         config = evaluation.render("eval", plan.target, self.served, datasets,
                                    plan.run_dir / "lmeval" / "streamed_eval_config.py")
-        self.running = OpenCompassRun(plan.opencompass, config, "eval", plan.work_dir, plan.run_id,
-                                      cwd=plan.run_dir / "lmeval" / "opencompass_cwd",
-                                      log_path=plan.run_dir / "lmeval" / f"opencompass_eval_streamed{self.evaluations}.log")
+        self.running = evaluation.opencompass("eval", config, f"opencompass_eval_streamed{self.evaluations}.log")
         evaluation.app.info(f"eval of {', '.join(datasets)} while inference goes on: {shlex.join(self.running.argv)}")
         self.running.start()
 
