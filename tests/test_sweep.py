@@ -48,12 +48,37 @@ def run_scores(work_dir) -> dict[str, dict[str, float]]:
     return scores
 
 
-def run_models(runner, folders, datasets, keys, work_dir, judge_gpus: str, **env: str):
-    """`lmeval run` of FOLDERS on GPU 0, the judge on JUDGE_GPUS, each model with its own key."""
-    return runner.run("run", *map(str, folders), *datasets, "--gpus", "0", "--judge-model", str(MODELS / "demo-judge"),
+def run_models(runner, folders, datasets, keys, work_dir, judge_gpus: str, gpus: tuple[str, ...] = ("--gpus", "0"),
+               **env: str):
+    """`lmeval run` of FOLDERS on GPUS, the judge on JUDGE_GPUS, each model with its own key."""
+    return runner.run("run", *map(str, folders), *datasets, *gpus, "--judge-model", str(MODELS / "demo-judge"),
                       "--judge-gpus", judge_gpus, "--judge-tp", "1", "-w", str(work_dir), *TOOLS,
                       env=runner.env(STANDIN_ANSWER_KEY=str(keys), COLUMNS="250", **env), work_dir=work_dir,
                       timeout=900)
+
+
+def events(result) -> list[tuple[str, str]]:
+    """(whose, what) of each server start and stop and each OpenCompass stage, in order: whose is
+    the model of a run's own line, empty for the sweep's (the judge's)."""
+    found = []
+    for line in result.stderr_lines:
+        text = line.removeprefix("lmeval: ")
+        whose, _, rest = text.partition(": ")
+        if not rest or " " in whose:
+            whose, rest = "", text
+        what = rest.split(" on ")[0].split(" (")[0]
+        server = what.startswith(("started ", "stopped ")) and what.endswith(" server")
+        if server or rest.startswith(("infer: /", "eval: /")):
+            found.append((whose, what.split(":")[0]))
+    return found
+
+
+def manifests(work_dir) -> dict[str, dict]:
+    found = {}
+    for run_dir in work_dir.iterdir():
+        manifest = json.loads((run_dir / "lmeval.json").read_text())
+        found[manifest["model_abbr"]] = manifest
+    return found
 
 
 @pytest.mark.usefixtures("venvs")
@@ -65,17 +90,19 @@ def test_three_models_with_one_judge(models, tmp_path, lmeval_runner):
     assert run_scores(work_dir) == expected
     runs = sorted(path.name for path in work_dir.iterdir())
     assert f"lmeval: runs: alpha {runs[0]}, beta {runs[1]}, gamma {runs[2]}" in result.stderr_lines
-    started = [line for line in result.stderr_lines if line.startswith("lmeval: started ")]
-    assert [line.split(" on ")[0] for line in started] == [
-        "lmeval: started target server", "lmeval: started judge server",  # the judge loads during alpha's inference
-        "lmeval: started target server", "lmeval: started target server"]
-    # Each model is judged right after its inference, by the one judge.
-    stages = [line.split(":")[1].strip() for line in result.stderr_lines
-              if line.startswith(("lmeval: infer: /", "lmeval: eval: /"))]
-    assert stages == ["infer", "eval"] * 3
-    commands = {json.loads((work_dir / run / "lmeval.json").read_text())["servers"]["judge"]["command"]
-                for run in runs}
-    assert len(commands) == 1
+    seen = events(result)
+    starts = [event for event in seen if event[1].startswith("started ")]
+    assert starts == [("alpha", "started target server"), ("", "started judge server"),  # it loads as alpha infers
+                      ("beta", "started target server"), ("gamma", "started target server")]
+    # GPU 0 is one model's at a time, in the order given; each is judged by the one judge while the
+    # next one is inferred, in that order too.
+    assert [event for event in seen if event[1].endswith("target server")] == [
+        (name, f"{verb} target server") for name in REPLIES for verb in ("started", "stopped")]
+    assert [name for name, what in seen if what == "eval"] == list(REPLIES)
+    runs_of = manifests(work_dir)
+    for earlier, later in (("alpha", "beta"), ("beta", "gamma")):
+        assert runs_of[later]["stages"]["infer"]["started"] < runs_of[earlier]["stages"]["eval"]["ended"]
+    assert len({manifest["servers"]["judge"]["command"] for manifest in runs_of.values()}) == 1
     table = [line for line in result.stdout_lines if line.startswith("│ ")][-2:]
     assert [[cell.strip() for cell in line.split("│")[1:6]] for line in table] == [
         [dataset, "accuracy", *(f"{expected[name][dataset]:.2f}" for name in REPLIES)] for dataset in ("trivia", "choices")]
@@ -89,10 +116,31 @@ def test_a_judge_on_the_models_gpus_judges_once_every_model_is_inferred(models, 
     result = run_models(lmeval_runner, folders[:2], datasets, keys, work_dir, "0")
     assert result.poll() == 0, result.transcript()
     assert run_scores(work_dir) == {name: expected[name] for name in ("alpha", "beta")}
-    events = [line.split(" on ")[0].split(":")[1].strip() for line in result.stderr_lines
-              if line.startswith(("lmeval: started ", "lmeval: infer: /", "lmeval: eval: /"))]
-    assert events == ["started target server", "infer", "started target server", "infer",
-                      "started judge server", "eval", "eval"]
+    assert events(result) == [
+        ("alpha", "started target server"), ("alpha", "infer"), ("alpha", "stopped target server"),
+        ("beta", "started target server"), ("beta", "infer"), ("beta", "stopped target server"),
+        ("", "started judge server"), ("alpha", "eval"), ("beta", "eval"), ("", "stopped judge server")]
+    assert leftovers([work_dir]) == []
+
+
+@pytest.mark.usefixtures("venvs")
+def test_models_go_side_by_side_on_gpu_groups_of_their_own(models, tmp_path, lmeval_runner):
+    """--gpus 0,1 --tp 1: two groups, so alpha and beta infer at once and gamma follows alpha on GPU 0."""
+    folders, datasets, keys, expected = models
+    work_dir = tmp_path / "out"
+    result = run_models(lmeval_runner, folders, datasets, keys, work_dir, "2", gpus=("--gpus", "0,1", "--tp", "1"))
+    assert result.poll() == 0, result.transcript()
+    assert run_scores(work_dir) == expected
+    assert "lmeval: 2 models at a time, on GPUs 0; 1" in result.stderr_lines
+    runs_of = manifests(work_dir)
+    assert {name: manifest["servers"]["target"]["gpus"] for name, manifest in runs_of.items()} == {
+        "alpha": [0], "beta": [1], "gamma": [0]}
+    alpha, beta = (runs_of[name]["stages"]["infer"] for name in ("alpha", "beta"))
+    assert alpha["started"] < beta["ended"] and beta["started"] < alpha["ended"]
+    seen = events(result)
+    assert seen.index(("gamma", "started target server")) > seen.index(("alpha", "stopped target server"))
+    assert [event for event in seen if "judge" in event[1]] == [("", "started judge server"),
+                                                                ("", "stopped judge server")]
     assert leftovers([work_dir]) == []
 
 

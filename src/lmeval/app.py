@@ -3,6 +3,7 @@ way out with an error."""
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import traceback
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 
 from lmeval.exceptions import EXIT_INTERRUPTED, EXIT_STAGE_FAILED, LmevalError
-from lmeval.signals import interrupt_name, interrupts_handled, shielded
+from lmeval.signals import Cancel, interrupt_name, interrupts_handled, shielded
 
 if TYPE_CHECKING:
     from lmeval.launch import Stopped
@@ -37,13 +38,26 @@ class Application:
         self.out = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.leftovers: list[Leftover] = []
+        self.cancel = Cancel()
+        self.prefix = ""  # whose lines these are, when several runs go at once
+
+    def for_run(self, name: str) -> Application:
+        """This application for one of several runs going at once (lmeval.sweep): the same
+        output, leftovers and interrupt, its lines led by NAME."""
+        run = copy.copy(self)
+        run.prefix = f"{name}: "
+        return run
+
+    def checkpoint(self) -> None:
+        """Raise the interrupt another thread of this command received, if one did."""
+        self.cancel.check()
 
     def info(self, text: str) -> None:
         """A progress line on stderr, so stdout carries only results."""
-        self._line(f"lmeval: {text}")
+        self._line(f"lmeval: {self.prefix}{text}")
 
     def warn(self, text: str) -> None:
-        self._line(f"lmeval: warning: {text}")
+        self._line(f"lmeval: warning: {self.prefix}{text}")
 
     def _line(self, text: str) -> None:
         # A Ctrl-C inside rich's print leaves the line buffered and printed twice: hold it off.

@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -224,7 +224,8 @@ def check_port_free(host: str, port: int, option: str = "--port") -> None:
 
 def prepare_child() -> None:
     """In a child before exec: files it writes are the owner's alone, and it gets SIGTERM
-    when lmeval dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
+    when lmeval dies, even by SIGKILL (Linux PR_SET_PDEATHSIG; in fact when the thread that
+    started it ends: see ServerGroup.starter)."""
     os.umask(0o077)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -562,7 +563,8 @@ class ServerGroup:
     """The servers of one lmeval command. Leaving the block stops every one, whatever happened."""
 
     def __init__(self, lmdeploy: Path, folder: Path, report: StopReport, run_id: str = "",
-                 grace: float = 10.0, state_files: bool = True) -> None:
+                 grace: float = 10.0, state_files: bool = True,
+                 starter: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.lmdeploy = lmdeploy
         self.folder = folder
         self.run_id = run_id
@@ -570,6 +572,10 @@ class ServerGroup:
         self.report = report
         self.state_files = state_files  # off inside a Slurm job: the job's state is Slurm's
         self.servers: list[Server] = []
+        # What runs a server's start. The parent-death signal (prepare_child) follows the thread
+        # that forked: servers that outlive the thread asking for them (a sweep's judge, started
+        # by one run's thread) are forked by a thread that lives as long as the group.
+        self.starter = starter or (lambda start: start())
 
     @property
     def work_dir(self) -> Path:
@@ -583,7 +589,7 @@ class ServerGroup:
         else:
             server = placement.server(spec, self)
         self.servers.append(server)
-        server.start()
+        self.starter(server.start)
         self.report.info(server.started_text())
         return server
 

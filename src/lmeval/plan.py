@@ -244,8 +244,10 @@ class _Inputs:
     generation: configgen.Generation
 
 
-def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text: None) -> EvalPlan:
-    """Check every option and input, then claim (or reopen) the run folder. Starts nothing."""
+def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text: None,
+              avoid_ports: frozenset[int] = frozenset()) -> EvalPlan:
+    """Check every option and input, then claim (or reopen) the run folder. Starts nothing.
+    AVOID_PORTS: ports other runs of the command (a sweep's) have planned."""
     if options.restarts < 0:
         raise UsageError(f"--restarts must be 0 or more; got {options.restarts}")
     opencompass = find_executable(OPENCOMPASS, options.opencompass)
@@ -270,7 +272,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         lmdeploy = find_executable(LMDEPLOY, options.lmdeploy)
         target_set = _server_set("target", options, inputs.model, notify, gpus=options.gpus, tp=options.tp,
                                  replicas=options.replicas, port=options.port, server_args=options.server_args,
-                                 placement=placement)
+                                 placement=placement, avoid_ports=avoid_ports)
         target = served_model(target_set, inputs.model)
     judge = judge_set = None
     if "eval" in stages and configgen.needs_judge(inputs.datasets):
@@ -285,7 +287,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
                 server_args=with_default(options.judge_server_args, "--session-len", str(defaults.JUDGE_SESSION_LEN),
                                          "--judge-server-args"),
                 option_prefix="judge-", taken_gpus=frozenset(target_set.gpus) if target_set else frozenset(),
-                avoid_ports=target_set.ports if target_set else frozenset(), placement=judge_placement)
+                avoid_ports=avoid_ports | (target_set.ports if target_set else frozenset()),
+                placement=judge_placement)
             judge = served_model(judge_set, check_model(options.judge_model, "--judge-model"))
 
     # Names OpenCompass would mangle are refused now, not after the models loaded.

@@ -63,16 +63,16 @@ STALE_PREFIX = "stale-"
 
 
 def move_aside(run_dir: Path, names: list[str], now: datetime | None = None) -> Path:
-    """Move the entries NAMES of RUN_DIR that exist into a new `stale-<time>/` folder inside it.
+    """Move the entries of RUN_DIR that NAMES match (glob patterns) into a new `stale-<time>/`
+    folder inside it.
 
     Nothing is deleted: the outputs of earlier settings stay in the run folder, out of
     OpenCompass's way (it reuses any predictions or results it finds).
     """
     _, folder = claim_new_folder(run_dir, prefix=STALE_PREFIX, now=now)
     for name in names:
-        source = run_dir / name
-        if source.exists():
-            target = folder / name
+        for source in sorted(run_dir.glob(name)):
+            target = folder / source.relative_to(run_dir)
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.replace(source, target)
     return folder

@@ -41,6 +41,21 @@ class _Count:
 _count = _Count()
 
 
+class Cancel:
+    """An interrupt handed on to the threads of one command (a sweep's runs going at once): the
+    signal reaches one thread only; every other one raises it at its next `check`."""
+
+    def __init__(self) -> None:
+        self.interrupt: KeyboardInterrupt | None = None
+
+    def set(self, interrupt: KeyboardInterrupt) -> None:
+        self.interrupt = self.interrupt or interrupt
+
+    def check(self) -> None:
+        if self.interrupt is not None:
+            raise type(self.interrupt)()
+
+
 def interrupt_name(interrupt: KeyboardInterrupt) -> str:
     """`Ctrl-C` or `SIGTERM`: what the user did, in the words of lmeval's messages."""
     return "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"

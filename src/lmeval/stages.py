@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,29 +38,56 @@ PROGRESS_SECONDS = 5.0
 # What `--reuse RUN --redo` moves aside: everything that came from the old settings and that
 # OpenCompass would otherwise reuse (predictions, results) or mix in (summaries, logs).
 STALE_ENTRIES = ["predictions", "results", "summary", "infer_status", "logs", "lmeval/inputs",
-                 "lmeval/infer_config.py", "lmeval/eval_config.py", "lmeval/opencompass_infer.log",
-                 "lmeval/opencompass_eval.log"]
+                 "lmeval/infer_config.py", "lmeval/eval_config.py", "lmeval/streamed_eval_config.py",
+                 "lmeval/opencompass_infer.log", "lmeval/opencompass_eval.log", "lmeval/opencompass_eval_streamed*.log"]
 
 
 @dataclass
 class SharedJudge:
     """The judge of several runs (lmeval.sweep): started once, by the first run that needs it,
-    in the sweep's own group, which stops it when the sweep ends."""
+    in the sweep's own group, which stops it when the sweep ends. Runs going at once take turns:
+    one OpenCompass evaluation at a time judges (the judge is kept full by each), so the one
+    that holds the turn alone watches and restarts it."""
 
     group: ServerGroup
     running: RunningSet | None = None
     served: ServedModel | None = None  # as its clients see it now (a restart changes its key)
     records: dict[str, ServerRecord] = field(default_factory=dict)  # its servers, for each run's manifest
+    starting: threading.Lock = field(default_factory=threading.Lock)
+    turn: threading.Lock = field(default_factory=threading.Lock)
+
+    def keep_records(self, manifest_servers: dict[str, ServerRecord]) -> None:
+        self.records = {role: record.model_copy() for role, record in manifest_servers.items()
+                        if role == "judge" or role.startswith("judge-")}
+
+
+def held(app: Application, lock: threading.Lock | None) -> AbstractContextManager[None]:
+    """LOCK held for the block, waited for in steps so an interrupt of the command gets through."""
+    if lock is None:
+        return nullcontext()
+    return _held(app, lock)
+
+
+@contextmanager
+def _held(app: Application, lock: threading.Lock) -> Iterator[None]:
+    while not lock.acquire(timeout=SUPERVISE_SECONDS):
+        app.checkpoint()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Evaluation:
     """One lmeval command (`run`, `infer` or `judge`) over one run folder; in a sweep, one of
     its runs, with the judge it shares."""
 
-    def __init__(self, app: Application, plan: EvalPlan, shared_judge: SharedJudge | None = None) -> None:
+    def __init__(self, app: Application, plan: EvalPlan, shared_judge: SharedJudge | None = None,
+                 gpus_free: threading.Event | None = None) -> None:
         self.app = app
         self.plan = plan
         self.shared_judge = shared_judge
+        self.gpus_free = gpus_free  # in a sweep, set once the run's model servers left its GPUs
         self.manifest = plan.manifest
         self.run_dir = plan.run_dir
         # A watched server that died as OpenCompass was ending: the cause, if outputs are missing.
@@ -172,6 +201,7 @@ class Evaluation:
             failure = self.dead_server(stage, watched)
             if failure:
                 raise failure
+            self.app.checkpoint()
             meanwhile()
             if stage == "infer" and time.monotonic() - last_shown >= PROGRESS_SECONDS:
                 progress = self.progress_line()
@@ -377,18 +407,24 @@ class Evaluation:
             self.app.info("infer: every dataset already has predictions; skipping inference")
             self.manifest.stage("infer").status = "ok"
         if infer:
-            target = self.start_set(group, "target", plan.target_set, plan.target)
-            # The judge loads during inference when it has GPUs of its own.
-            if judge_wanted and plan.judge_set and not plan.gpus_overlap:
-                judge = self.start_judge(group)
-            served = self.wait(target, plan.target) if target else plan.target
-            streamed = StreamedJudging(self, judge, self.judge_served()) if judge and plan.stream else None
+            streamed = None
             try:
-                self.run_stage(group, "infer", target, served, meanwhile=streamed.poll if streamed else lambda: None)
-                self.check_predictions()
-                self.finish_stage("infer")
-                if target:
-                    stop_set(group, target)
+                try:
+                    target = self.start_set(group, "target", plan.target_set, plan.target)
+                    # The judge loads during inference when it has GPUs of its own.
+                    if judge_wanted and plan.judge_set and not plan.gpus_overlap:
+                        judge = self.start_judge(group)
+                    served = self.wait(target, plan.target) if target else plan.target
+                    streamed = StreamedJudging(self, judge, self.judge_served()) if judge and plan.stream else None
+                    self.run_stage(group, "infer", target, served, meanwhile=streamed.poll if streamed else lambda: None)
+                    self.check_predictions()
+                    self.finish_stage("infer")
+                finally:
+                    for server in reversed(target.servers if target else []):
+                        if server in group.servers:
+                            group.stop(server)
+                    if self.gpus_free is not None:
+                        self.gpus_free.set()  # the next model of a sweep may load there while this one is judged
                 if streamed:
                     streamed.drain()
             finally:
@@ -398,8 +434,9 @@ class Evaluation:
                 self.shared_judge.served = streamed.served
             if judge and (exited := judge.first_exit()):
                 server, status = exited
+                when = "while judging the datasets inferred so far" if streamed and streamed.ready else "while loading"
                 raise server.failure(
-                    f"{status} while loading; predictions are complete: "
+                    f"{status} {when}; predictions are complete: "
                     f"continue with `lmeval judge --reuse {plan.run_id} -w {plan.work_dir}`")
         if "eval" not in stages:
             if self.shared_judge is None:  # in a sweep, the judging follows
@@ -409,17 +446,17 @@ class Evaluation:
         if judge_wanted and judge is None:
             judge = self.start_judge(group)
         shared = self.shared_judge
-        judge_served = self.wait(judge, self.judge_served()) if judge else self.judge_served()
-        judge_served = self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
+        with held(self.app, shared.turn if shared else None):
+            judge_served = self.wait(judge, self.judge_served()) if judge else self.judge_served()
+            judge_served = self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
+            if shared is not None:
+                shared.served = judge_served
+                shared.keep_records(self.manifest.servers)
         scores = self.check_results()
         self.manifest.scores = [score.__dict__ for score in scores]
         self.finish_stage("eval")
         if judge and shared is None:
             stop_set(group, judge)
-        elif shared is not None:
-            shared.served = judge_served
-            shared.records = {role: record for role, record in self.manifest.servers.items()
-                              if role == "judge" or role.startswith("judge-")}
         print_scores(self.app, self.plan.model_abbr, scores)
         self.app.info(f"every prompt, answer and judge reply: lmeval report {plan.run_id} -w {plan.work_dir}")
 
@@ -434,11 +471,13 @@ class Evaluation:
         plan, shared = self.plan, self.shared_judge
         if shared is None:
             return self.start_set(group, "judge", plan.judge_set, plan.judge)
-        if shared.running is None:
-            shared.running = self.start_set(shared.group, "judge", plan.judge_set, plan.judge)
-        else:
-            self.manifest.servers.update(shared.records)
-            self.save()
+        with held(self.app, shared.starting):
+            if shared.running is None:
+                shared.running = self.start_set(shared.group, "judge", plan.judge_set, plan.judge)
+                shared.keep_records(self.manifest.servers)
+                return shared.running
+        self.manifest.servers.update({role: record.model_copy() for role, record in shared.records.items()})
+        self.save()
         return shared.running
 
     def start_set(self, group: ServerGroup, role: str, server_set: ServerSet | None,
@@ -467,7 +506,11 @@ class Evaluation:
             record.url, record.node, record.gpus = server.url, server.node, list(server.gpus)
             self.app.info(f"{server.spec.role} server ready at {server.url}")
 
-        wait_set(running, self.plan.ready_timeout, on_ready=ready, meanwhile=self.preflight.check)
+        def meanwhile() -> None:
+            self.app.checkpoint()
+            self.preflight.check()
+
+        wait_set(running, self.plan.ready_timeout, on_ready=ready, meanwhile=meanwhile)
         self.save()
         return served.model_copy(update={"in_flight": in_flight(running.capacity())})
 

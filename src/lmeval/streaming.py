@@ -6,7 +6,9 @@ their sum. The eval stage that follows finds their results (OpenCompass skips a 
 has them), scores what is left and writes the summary of all of them.
 
 Only when the judge has GPUs of its own, so it loads while the model infers. A judge that dies
-meanwhile stops the streaming; the stage after inference says so, as before.
+meanwhile stops the streaming; the stage after inference says so, as before. In a sweep the
+judge is shared: an evaluation starts only when it can take the judge's turn at once (another
+run may be judging), and gives the turn back when it ends.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class StreamedJudging:
         self.handed: set[str] = set()  # datasets an evaluation had
         self.evaluations = 0
         self.stopped = False
+        shared = evaluation.shared_judge
+        self.turn = shared.turn if shared else None
+        self.holding = False  # the turn, while an evaluation runs
 
     def poll(self) -> None:
         """Called while inference runs: once the judge is ready, judge what is complete."""
@@ -61,11 +66,15 @@ class StreamedJudging:
         plan = self.evaluation.plan
         done = [name for name in plan.abbrs if name not in self.handed
                 and outputs.predictions_file(plan.run_dir, plan.model_abbr, name).is_file()]
-        if done:
+        if done and (self.turn is None or self.turn.acquire(blocking=False)):
+            self.holding = self.turn is not None
             self.start(done)
 
     def start(self, datasets: list[str]) -> None:
         evaluation, plan = self.evaluation, self.evaluation.plan
+        shared = evaluation.shared_judge
+        if shared is not None and shared.served is not None:
+            self.served = shared.served  # another run restarted it: its key now
         self.handed.update(datasets)
         self.batch = datasets
         self.evaluations += 1
@@ -80,7 +89,12 @@ class StreamedJudging:
         scored = [name for name in self.batch if not outputs.result_error(plan.run_dir, plan.model_abbr, name)]
         if scored:
             self.evaluation.app.info(f"scored {', '.join(scored)}")
-        self.running, self.batch = None, []
+        self.release()
+
+    def release(self) -> None:
+        if self.holding:
+            self.turn.release()
+        self.running, self.batch, self.holding = None, [], False
 
     def drain(self) -> None:
         """After inference: let the running evaluation end (the eval stage must not judge its
@@ -89,6 +103,7 @@ class StreamedJudging:
             if self.judge.first_exit():
                 self.stop()
                 return
+            self.evaluation.app.checkpoint()
             time.sleep(POLL_SECONDS)
         if self.running is not None:
             self.finished()
@@ -98,4 +113,5 @@ class StreamedJudging:
         """Stop the running evaluation, if any (its datasets are scored by the eval stage)."""
         if self.running is not None and self.running.poll() is None:
             self.evaluation.app.stopped(self.running.name, self.running.stop(), self.evaluation.plan.work_dir)
-        self.running, self.batch, self.stopped = None, [], True
+        self.release()
+        self.stopped = True

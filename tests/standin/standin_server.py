@@ -50,6 +50,9 @@ Environment variables (the real CLI has no such flags):
                              predicted answer contains one of them the reply
                              is "I cannot judge this." (neither A nor B).
   STANDIN_LATENCY_SECONDS    per-answer generation time scale (default 0).
+  STANDIN_LATENCY_SECONDS_OF JSON {"model name": seconds}: the scale of those
+                             models (e.g. a judge quicker than its targets);
+                             the others take STANDIN_LATENCY_SECONDS.
   STANDIN_LATENCY_DIST       "const" (default; factor 1) or "heavy"
                              (deterministic heavy-tailed factor, mean 1, see
                              answer_seconds()).
@@ -262,11 +265,15 @@ def judge_reply(gold: str, predicted: str, invalid_markers: list[str]) -> str:
     return 'A' if normalize_answer(gold) == normalize_answer(predicted) else 'B'
 
 
-def load_seconds(model_name: str) -> float:
-    """STANDIN_LOAD_SECONDS, or MODEL_NAME's own in STANDIN_LOAD_SECONDS_OF."""
-    own = json.loads(os.environ.get('STANDIN_LOAD_SECONDS_OF') or '{}')
+def own_setting(variable: str, model_name: str, default: float) -> float:
+    """VARIABLE, or MODEL_NAME's own in VARIABLE_OF (JSON {"model name": value})."""
+    own = json.loads(os.environ.get(f'{variable}_OF') or '{}')
     name = os.path.basename(model_name)
-    return float(own[name]) if name in own else _env_float('STANDIN_LOAD_SECONDS', 0.5)
+    return float(own[name]) if name in own else _env_float(variable, default)
+
+
+def load_seconds(model_name: str) -> float:
+    return own_setting('STANDIN_LOAD_SECONDS', model_name, 0.5)
 
 
 def answer_key_path(model_name: str) -> str | None:
@@ -689,7 +696,7 @@ class App:
         self.max_batch_size = args.max_batch_size or DEFAULT_MAX_BATCH_SIZE
         self.slots = FifoSlots(self.max_batch_size)
         self.stats = Stats(self.max_batch_size)
-        self.latency_scale = _env_float('STANDIN_LATENCY_SECONDS', 0.0)
+        self.latency_scale = own_setting('STANDIN_LATENCY_SECONDS', self.model_name, 0.0)
         self.latency_dist = os.environ.get('STANDIN_LATENCY_DIST', 'const') or 'const'
         latency_factor('x', self.latency_dist)   # validate
         self.warmup = _env_float('STANDIN_WARMUP_SECONDS', 0.3)

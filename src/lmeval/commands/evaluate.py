@@ -88,9 +88,11 @@ def _target_command(stages: Stages, doc: str):
         ctx: typer.Context,
         models: Annotated[list[str], typer.Argument(
             metavar="MODEL...", help="Model folder (or hub id) to evaluate. Several: each into a run of its own, "
-            "one after the other on the same GPUs, with one judge for all: it loads during the first model's "
-            "inference and judges each model's datasets as they are inferred when its GPUs are its own, else it judges them "
-            "all once every model is inferred.")],
+            "with one judge for all. They go one after the other on --gpus, or side by side when --gpus holds several "
+            "groups of --tp × --replicas GPUs (--gpus 0,1,2,3 --tp 2: two at a time, on 0,1 and 2,3); the next model "
+            "loads as soon as the one before it is inferred, while that one is judged. A judge with GPUs of its own "
+            "loads during the first model's inference and judges each dataset once inferred; a judge on the models' "
+            "GPUs judges them all once every model is inferred.")],
         task: Task = None,
         datasets: DatasetNames = None,
         dataset_files: DatasetFiles = None,
