@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 
 import pytest
 
@@ -75,8 +76,8 @@ def events(result) -> list[tuple[str, str]]:
 
 def manifests(work_dir) -> dict[str, dict]:
     found = {}
-    for run_dir in work_dir.iterdir():
-        manifest = json.loads((run_dir / "lmeval.json").read_text())
+    for path in work_dir.glob("*/lmeval.json"):
+        manifest = json.loads(path.read_text())
         found[manifest["model_abbr"]] = manifest
     return found
 
@@ -180,3 +181,28 @@ def test_a_model_that_fails_does_not_stop_the_others(models, tmp_path, lmeval_ru
         [dataset, "accuracy", f"{expected['alpha'][dataset]:.2f}", f"{expected['gamma'][dataset]:.2f}"]
         for dataset in ("trivia", "choices")]
     assert leftovers([work_dir]) == []
+
+
+@pytest.mark.usefixtures("venvs")
+def test_ctrl_c_stops_every_run_going_at_once(models, tmp_path, lmeval_runner):
+    """Alpha and beta infer side by side (answers take a minute), gamma waits for GPU 0: one
+    Ctrl-C ends both OpenCompass runs and every server, and says how to resume."""
+    folders, datasets, keys, _ = models
+    work_dir = tmp_path / "out"
+    lm = lmeval_runner.start("run", *map(str, folders), *datasets, "--gpus", "0,1", "--tp", "1", "--judge-model",
+                             str(MODELS / "demo-judge"), "--judge-gpus", "2", "--judge-tp", "1", "-w", str(work_dir),
+                             *TOOLS, env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(keys), STANDIN_LATENCY_SECONDS="60"),
+                             work_dir=work_dir)
+    for name in ("alpha", "beta"):  # OpenCompass is inferring: it reports progress
+        lm.wait_line(rf"lmeval: {name}: infer: trivia 0/.*", timeout=120)
+    lm.signal(signal.SIGINT)
+    assert lm.wait(60) == 130, lm.transcript()
+    assert lm.stderr_lines[-1] == "lmeval: error: interrupted by Ctrl-C; every server lmeval started has been stopped"
+    assert "Traceback" not in lm.stderr
+    assert any(line.startswith("lmeval: runs that finished keep their scores; resume the others with ")
+               for line in lm.stderr_lines)
+    runs_of = manifests(work_dir)
+    assert {name: runs_of[name]["stages"]["infer"]["status"] for name in ("alpha", "beta")} == {
+        "alpha": "interrupted", "beta": "interrupted"}
+    assert not any(line.startswith("lmeval: gamma: started") for line in lm.stderr_lines)
+    assert lmeval_runner.leftovers() == []

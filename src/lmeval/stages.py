@@ -45,16 +45,15 @@ STALE_ENTRIES = ["predictions", "results", "summary", "infer_status", "logs", "l
 @dataclass
 class SharedJudge:
     """The judge of several runs (lmeval.sweep): started once, by the first run that needs it,
-    in the sweep's own group, which stops it when the sweep ends. Runs going at once take turns:
-    one OpenCompass evaluation at a time judges (the judge is kept full by each), so the one
-    that holds the turn alone watches and restarts it."""
+    in the sweep's own group, which stops it when the sweep ends. Runs going at once judge on it
+    side by side; a death they all see is restarted by the first of them (under LOCK), and the
+    others go on with what it started."""
 
     group: ServerGroup
     running: RunningSet | None = None
     served: ServedModel | None = None  # as its clients see it now (a restart changes its key)
     records: dict[str, ServerRecord] = field(default_factory=dict)  # its servers, for each run's manifest
-    starting: threading.Lock = field(default_factory=threading.Lock)
-    turn: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held to start or restart it
 
     def keep_records(self, manifest_servers: dict[str, ServerRecord]) -> None:
         self.records = {role: record.model_copy() for role, record in manifest_servers.items()
@@ -166,7 +165,21 @@ class Evaluation:
                 self.save()
                 raise died
             restarted[role] = restarted.get(role, 0) + 1
-            served = self.restart(group, stage, running, died, served, restarted[role])
+            served = self.restart_shared(stage, running, died, restarted[role]) \
+                if stage == "eval" and self.shared_judge else self.restart(group, stage, running, died, served,
+                                                                           restarted[role])
+
+    def restart_shared(self, stage: str, running: RunningSet, died: ServerDied, count: int) -> ServedModel:
+        """Restart the sweep's judge, unless another run did since it died: then wait for that one."""
+        shared = self.shared_judge
+        with held(self.app, shared.lock):
+            if died.server in running.replicas:
+                shared.served = self.restart(shared.group, stage, running, died, shared.served or self.plan.judge,
+                                             count)
+                shared.keep_records(self.manifest.servers)
+                return shared.served
+        self.manifest.servers.update({role: record.model_copy() for role, record in shared.records.items()})
+        return self.wait(running, shared.served)
 
     def run_opencompass(self, stage: str, config: Path, watched: list[Server], meanwhile: Callable[[], None]) -> None:
         """One OpenCompass process for STAGE, stopped at once if a watched server dies."""
@@ -446,12 +459,8 @@ class Evaluation:
         if judge_wanted and judge is None:
             judge = self.start_judge(group)
         shared = self.shared_judge
-        with held(self.app, shared.turn if shared else None):
-            judge_served = self.wait(judge, self.judge_served()) if judge else self.judge_served()
-            judge_served = self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
-            if shared is not None:
-                shared.served = judge_served
-                shared.keep_records(self.manifest.servers)
+        judge_served = self.wait(judge, self.judge_served()) if judge else self.judge_served()
+        judge_served = self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
         scores = self.check_results()
         self.manifest.scores = [score.__dict__ for score in scores]
         self.finish_stage("eval")
@@ -471,7 +480,7 @@ class Evaluation:
         plan, shared = self.plan, self.shared_judge
         if shared is None:
             return self.start_set(group, "judge", plan.judge_set, plan.judge)
-        with held(self.app, shared.starting):
+        with held(self.app, shared.lock):
             if shared.running is None:
                 shared.running = self.start_set(shared.group, "judge", plan.judge_set, plan.judge)
                 shared.keep_records(self.manifest.servers)

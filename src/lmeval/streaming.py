@@ -6,9 +6,7 @@ their sum. The eval stage that follows finds their results (OpenCompass skips a 
 has them), scores what is left and writes the summary of all of them.
 
 Only when the judge has GPUs of its own, so it loads while the model infers. A judge that dies
-meanwhile stops the streaming; the stage after inference says so, as before. In a sweep the
-judge is shared: an evaluation starts only when it can take the judge's turn at once (another
-run may be judging), and gives the turn back when it ends.
+meanwhile stops the streaming; the stage after inference says so, as before.
 """
 
 from __future__ import annotations
@@ -43,9 +41,6 @@ class StreamedJudging:
         self.handed: set[str] = set()  # datasets an evaluation had
         self.evaluations = 0
         self.stopped = False
-        shared = evaluation.shared_judge
-        self.turn = shared.turn if shared else None
-        self.holding = False  # the turn, while an evaluation runs
 
     def poll(self) -> None:
         """Called while inference runs: once the judge is ready, judge what is complete."""
@@ -66,15 +61,14 @@ class StreamedJudging:
         plan = self.evaluation.plan
         done = [name for name in plan.abbrs if name not in self.handed
                 and outputs.predictions_file(plan.run_dir, plan.model_abbr, name).is_file()]
-        if done and (self.turn is None or self.turn.acquire(blocking=False)):
-            self.holding = self.turn is not None
+        if done:
             self.start(done)
 
     def start(self, datasets: list[str]) -> None:
         evaluation, plan = self.evaluation, self.evaluation.plan
         shared = evaluation.shared_judge
         if shared is not None and shared.served is not None:
-            self.served = shared.served  # another run restarted it: its key now
+            self.served = shared.served  # another run of the sweep restarted it: its key now
         self.handed.update(datasets)
         self.batch = datasets
         self.evaluations += 1
@@ -89,12 +83,7 @@ class StreamedJudging:
         scored = [name for name in self.batch if not outputs.result_error(plan.run_dir, plan.model_abbr, name)]
         if scored:
             self.evaluation.app.info(f"scored {', '.join(scored)}")
-        self.release()
-
-    def release(self) -> None:
-        if self.holding:
-            self.turn.release()
-        self.running, self.batch, self.holding = None, [], False
+        self.running, self.batch = None, []
 
     def drain(self) -> None:
         """After inference: let the running evaluation end (the eval stage must not judge its
@@ -113,5 +102,4 @@ class StreamedJudging:
         """Stop the running evaluation, if any (its datasets are scored by the eval stage)."""
         if self.running is not None and self.running.poll() is None:
             self.evaluation.app.stopped(self.running.name, self.running.stop(), self.evaluation.plan.work_dir)
-        self.release()
-        self.stopped = True
+        self.running, self.batch, self.stopped = None, [], True

@@ -7,7 +7,7 @@ is free for the next model as soon as the one before it is inferred, so one mode
 on while the next one is inferred. When the judge has GPUs of its own, it loads during the first
 model's inference and judges each model's datasets as they are inferred (lmeval.streaming);
 when its GPUs are the models', every model is inferred first and the judge then judges them
-all. Each run is a thread; the judge is judging for one of them at a time (SharedJudge.turn).
+all. Each run is a thread; those going at once judge on the one judge side by side.
 
 A model whose run fails does not stop the others; the command ends with the scores of every
 model side by side (lmeval.compare) and exits 1 if one failed, naming the `--reuse` that
