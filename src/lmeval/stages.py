@@ -93,6 +93,7 @@ class Evaluation:
         self.server_failure: ServerFailed | None = None
         self.preflight: Preflight | None = None  # set when the stages start
         self.opencompass_codes: dict[str, int | None] = {}  # stage -> how OpenCompass exited
+        self.restarted: dict[str, int] = {}  # role -> restarts so far
 
     # ------------------------------------------------------------ plumbing
 
@@ -147,27 +148,33 @@ class Evaluation:
         self.stop_preflight()  # the stage itself does the rest of what it checks
         record = self.manifest.stage(stage)
         record.started, record.opencompass_seconds = time.time(), 0.0
-        restarted: dict[str, int] = {}
         while True:
             target, judge = (served, None) if stage == "infer" else (self.plan.target, served)
             watched = running.servers if running else []
             try:
                 self.run_opencompass(stage, self.render(stage, target, judge), watched, meanwhile)
-                died = self.server_failure if self.stage_incomplete(stage) else None
+                died = self.server_failure if self.lacking_outputs(stage) else None
             except ServerDied as error:
                 died = error
             if died is None:
                 return served
-            role = died.server.spec.role
-            if running is None or not self.can_restart(running, died.server) or \
-                    restarted.get(role, 0) >= self.plan.restarts:
-                record.status, record.message, record.ended = "failed", died.message, time.time()
-                self.save()
-                raise died
-            restarted[role] = restarted.get(role, 0) + 1
-            served = self.restart_shared(stage, running, died, restarted[role]) \
-                if stage == "eval" and self.shared_judge else self.restart(group, stage, running, died, served,
-                                                                           restarted[role])
+            served = self.recover(group, stage, running, died, served)
+
+    def recover(self, group: ServerGroup, stage: str, running: RunningSet | None, died: ServerDied,
+                served: ServedModel) -> ServedModel:
+        """Start the server that DIED again while --restarts allows (per server, over the run),
+        and return how its clients reach it now; else record STAGE failed and raise DIED."""
+        role = died.server.spec.role
+        if running is None or not self.can_restart(running, died.server) or \
+                self.restarted.get(role, 0) >= self.plan.restarts:
+            record = self.manifest.stage(stage)
+            record.status, record.message, record.ended = "failed", died.message, time.time()
+            self.save()
+            raise died
+        self.restarted[role] = self.restarted.get(role, 0) + 1
+        if self.shared_judge is not None and running is self.shared_judge.running:
+            return self.restart_shared(stage, running, died, self.restarted[role])
+        return self.restart(group, stage, running, died, served, self.restarted[role])
 
     def restart_shared(self, stage: str, running: RunningSet, died: ServerDied, count: int) -> ServedModel:
         """Restart the sweep's judge, unless another run did since it died: then wait for that one."""
@@ -235,12 +242,13 @@ class Evaluation:
                 return ServerDied(failure, server, status)
         return None
 
-    def stage_incomplete(self, stage: str) -> bool:
-        """Whether STAGE left datasets without their outputs (OpenCompass exits 0 either way)."""
+    def lacking_outputs(self, stage: str) -> dict[str, str]:
+        """The datasets STAGE left without their outputs, and what is wrong with each
+        (OpenCompass exits 0 either way): no predictions, or the error of their results."""
         names, model = self.plan.abbrs, self.plan.model_abbr
         if stage == "infer":
-            return bool(outputs.missing_predictions(self.run_dir, model, names))
-        return any(outputs.result_error(self.run_dir, model, name) for name in names)
+            return {name: "no predictions written" for name in outputs.missing_predictions(self.run_dir, model, names)}
+        return {name: error for name in names if (error := outputs.result_error(self.run_dir, model, name))}
 
     @staticmethod
     def can_restart(running: RunningSet, server: Server) -> bool:
@@ -302,8 +310,7 @@ class Evaluation:
         return error
 
     def check_predictions(self) -> None:
-        names = self.plan.abbrs
-        missing = outputs.missing_predictions(self.run_dir, self.plan.model_abbr, names)
+        missing = list(self.lacking_outputs("infer"))
         if missing and self.server_failure:
             raise self.stage_failed("infer", self.server_failure)
         if missing:
@@ -318,8 +325,7 @@ class Evaluation:
         names = self.plan.abbrs
         rows = configgen.judged_rows(self.plan.datasets)
         self.manifest.judge_rows = rows  # saved with the stage's outcome, failed or not
-        failed = {name: error for name in names
-                  if (error := outputs.result_error(self.run_dir, self.plan.model_abbr, name))}
+        failed = self.lacking_outputs("eval")
         summary = outputs.latest_summary(self.run_dir)
         scores = outputs.read_summary(summary, self.plan.model_abbr) if summary else []
         scored = {score.dataset for score in scores if score.value is not None}
@@ -415,7 +421,7 @@ class Evaluation:
     def run_stages(self, group: ServerGroup, stages: tuple[str, ...], infer: bool) -> None:
         plan = self.plan
         judge_wanted = "eval" in stages and plan.judge is not None
-        target = judge = None
+        target = judge = judge_now = None  # judge_now: the judge as its clients reach it, once restarted
         if "infer" in stages and not infer:
             self.app.info("infer: every dataset already has predictions; skipping inference")
             self.manifest.stage("infer").status = "ok"
@@ -447,10 +453,13 @@ class Evaluation:
                 self.shared_judge.served = streamed.served
             if judge and (exited := judge.first_exit()):
                 server, status = exited
-                when = "while judging the datasets inferred so far" if streamed and streamed.ready else "while loading"
-                raise server.failure(
-                    f"{status} {when}; predictions are complete: "
-                    f"continue with `lmeval judge --reuse {plan.run_id} -w {plan.work_dir}`")
+                resume = f"predictions are complete: continue with `lmeval judge --reuse {plan.run_id} -w {plan.work_dir}`"
+                if not (streamed and streamed.ready):
+                    raise server.failure(f"{status} while loading; {resume}")
+                # It died judging what was inferred: started again like a death during the eval stage.
+                died = ServerDied(server.failure(f"{status} while judging the datasets inferred so far; {resume}"),
+                                  server, status)
+                judge_now = self.recover(group, "eval", judge, died, streamed.served)
         if "eval" not in stages:
             if self.shared_judge is None:  # in a sweep, the judging follows
                 self.app.out.print(f"{plan.run_id}", markup=False)
@@ -459,8 +468,9 @@ class Evaluation:
         if judge_wanted and judge is None:
             judge = self.start_judge(group)
         shared = self.shared_judge
-        judge_served = self.wait(judge, self.judge_served()) if judge else self.judge_served()
-        judge_served = self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
+        judge_served = judge_now or self.judge_served()
+        judge_served = self.wait(judge, judge_served) if judge and not judge_now else judge_served
+        self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
         scores = self.check_results()
         self.manifest.scores = [score.__dict__ for score in scores]
         self.finish_stage("eval")

@@ -67,6 +67,8 @@ Environment variables (the real CLI has no such flags):
                              like the OOM killer); in-flight requests get no
                              answer.  Counted per process, not reset by
                              POST /standin/reset.
+  STANDIN_CRASH_AFTER_REQUESTS_OF  JSON {"model name": N}: the same for those
+                             models only (e.g. the judge, not its targets).
   STANDIN_CRASH_ONCE         path: with STANDIN_CRASH_AFTER_REQUESTS, a process
                              that reaches N crashes only if no file is there,
                              and creates it as it dies: one crash among all
@@ -612,11 +614,6 @@ def _env_float(name: str, default: float) -> float:
     return default if v in (None, '') else float(v)
 
 
-def _env_int(name: str) -> int | None:
-    v = os.environ.get(name)
-    return None if v in (None, '') else int(v)
-
-
 class FifoSlots:
     """A counting semaphore that hands slots out in arrival order."""
 
@@ -700,7 +697,8 @@ class App:
         self.latency_dist = os.environ.get('STANDIN_LATENCY_DIST', 'const') or 'const'
         latency_factor('x', self.latency_dist)   # validate
         self.warmup = _env_float('STANDIN_WARMUP_SECONDS', 0.3)
-        self.crash_after = _env_int('STANDIN_CRASH_AFTER_REQUESTS')
+        crash_after = own_setting('STANDIN_CRASH_AFTER_REQUESTS', self.model_name, -1)
+        self.crash_after = int(crash_after) if crash_after >= 0 else None
         self.crash_once = os.environ.get('STANDIN_CRASH_ONCE') or None
         self.sent_total = 0                       # never reset (crash counter)
         self.sent_lock = threading.Lock()
