@@ -13,7 +13,7 @@ inference stage's and the eval stage's seconds (the servers' load is not in them
 medians, and the streamed run's stages beside max(inference, judging) of the other; exits 1 if
 the ratio misses the goal.
 
-Run it from the repository root (about 3 minutes a pair on 2 CPU cores):
+Run it from the repository root (about 5 minutes a pair on 2 CPU cores):
   .venvs/lmeval/bin/python bench/streaming_bench.py [-n N]
 """
 
