@@ -193,5 +193,7 @@ def wait_set(running: RunningSet, timeout: float, on_ready=lambda server: None, 
 
 
 def stop_set(group: ServerGroup, running: RunningSet) -> None:
+    """Stop what of RUNNING still runs: safe again from a `finally` after a stop or a failed start."""
     for server in reversed(running.servers):
-        group.stop(server)
+        if server in group.servers:
+            group.stop(server)

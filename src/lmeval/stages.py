@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,16 +59,14 @@ class SharedJudge:
         self.records = {role: record.model_copy() for role, record in manifest_servers.items()
                         if role == "judge" or role.startswith("judge-")}
 
-
-def held(app: Application, lock: threading.Lock | None) -> AbstractContextManager[None]:
-    """LOCK held for the block, waited for in steps so an interrupt of the command gets through."""
-    if lock is None:
-        return nullcontext()
-    return _held(app, lock)
+    def records_for_run(self) -> dict[str, ServerRecord]:
+        """Its records, for one more run's manifest (a copy each: runs save theirs apart)."""
+        return {role: record.model_copy() for role, record in self.records.items()}
 
 
 @contextmanager
-def _held(app: Application, lock: threading.Lock) -> Iterator[None]:
+def held(app: Application, lock: threading.Lock) -> Iterator[None]:
+    """LOCK held for the block, waited for in steps so an interrupt of the command gets through."""
     while not lock.acquire(timeout=SUPERVISE_SECONDS):
         app.checkpoint()
     try:
@@ -185,7 +183,7 @@ class Evaluation:
                                              count)
                 shared.keep_records(self.manifest.servers)
                 return shared.served
-        self.manifest.servers.update({role: record.model_copy() for role, record in shared.records.items()})
+        self.manifest.servers.update(shared.records_for_run())
         return self.wait(running, shared.served)
 
     def run_opencompass(self, stage: str, config: Path, watched: list[Server], meanwhile: Callable[[], None]) -> None:
@@ -439,9 +437,8 @@ class Evaluation:
                     self.check_predictions()
                     self.finish_stage("infer")
                 finally:
-                    for server in reversed(target.servers if target else []):
-                        if server in group.servers:
-                            group.stop(server)
+                    if target:
+                        stop_set(group, target)
                     if self.gpus_free is not None:
                         self.gpus_free.set()  # the next model of a sweep may load there while this one is judged
                 if streamed:
@@ -495,7 +492,7 @@ class Evaluation:
                 shared.running = self.start_set(shared.group, "judge", plan.judge_set, plan.judge)
                 shared.keep_records(self.manifest.servers)
                 return shared.running
-        self.manifest.servers.update({role: record.model_copy() for role, record in shared.records.items()})
+        self.manifest.servers.update(shared.records_for_run())
         self.save()
         return shared.running
 
