@@ -193,7 +193,7 @@ def wait_set(running: RunningSet, timeout: float, on_ready=lambda server: None, 
 
 
 def stop_set(group: ServerGroup, running: RunningSet) -> None:
-    """Stop what of RUNNING still runs: safe again from a `finally` after a stop or a failed start."""
+    """Stop what of RUNNING the group still runs."""
     for server in reversed(running.servers):
         if server in group.servers:
             group.stop(server)

@@ -426,21 +426,20 @@ class Evaluation:
         if infer:
             streamed = None
             try:
-                try:
-                    target = self.start_set(group, "target", plan.target_set, plan.target)
-                    # The judge loads during inference when it has GPUs of its own.
-                    if judge_wanted and plan.judge_set and not plan.gpus_overlap:
-                        judge = self.start_judge(group)
-                    served = self.wait(target, plan.target) if target else plan.target
-                    streamed = StreamedJudging(self, judge, self.judge_served()) if judge and plan.stream else None
-                    self.run_stage(group, "infer", target, served, meanwhile=streamed.poll if streamed else lambda: None)
-                    self.check_predictions()
-                    self.finish_stage("infer")
-                finally:
-                    if target:
-                        stop_set(group, target)
-                    if self.gpus_free is not None:
-                        self.gpus_free.set()  # the next model of a sweep may load there while this one is judged
+                target = self.start_set(group, "target", plan.target_set, plan.target)
+                # The judge loads during inference when it has GPUs of its own.
+                if judge_wanted and plan.judge_set and not plan.gpus_overlap:
+                    judge = self.start_judge(group)
+                served = self.wait(target, plan.target) if target else plan.target
+                streamed = StreamedJudging(self, judge, self.judge_served()) if judge and plan.stream else None
+                self.run_stage(group, "infer", target, served, meanwhile=streamed.poll if streamed else lambda: None)
+                self.check_predictions()
+                self.finish_stage("infer")
+                # On a failure the group's exit stops them, after the servers started later.
+                if target:
+                    stop_set(group, target)
+                if self.gpus_free is not None:
+                    self.gpus_free.set()  # the next model of a sweep may load there while this one is judged
                 if streamed:
                     streamed.drain()
             finally:

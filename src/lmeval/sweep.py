@@ -129,7 +129,7 @@ class Sweep:
         except KeyboardInterrupt as interrupt:
             self.app.cancel.set(interrupt)
             while any(thread.is_alive() for thread in threads):  # later signals do not raise
-                self.join(threads)
+                join_awhile(threads)
             raise
         if self.crashes:
             raise self.crashes[0]
@@ -149,8 +149,7 @@ class Sweep:
 
     def join(self, threads: list[threading.Thread]) -> None:
         """Wait a moment for THREADS; after an interrupt or a crash in one, stop the others."""
-        for thread in threads:
-            thread.join(JOIN_SECONDS / len(threads))
+        join_awhile(threads)
         if self.crashes:
             self.app.cancel.set(KeyboardInterrupt())  # the crash is raised once all stopped
         elif self.interrupts:
@@ -169,6 +168,11 @@ class Sweep:
             self.interrupts.append(interrupt)
         except BaseException as crash:  # noqa: BLE001 - a bug, raised by the main thread
             self.crashes.append(crash)
+
+
+def join_awhile(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(JOIN_SECONDS / len(threads))
 
 
 def evaluate_models(app: Application, options: list[EvalOptions], stages: tuple[str, ...]) -> int:
