@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 # A short judged dataset first, then a multiple-choice one that takes the model a while.
 SLOW_MC_ROWS = [(f"Pick item {i:02d}: ", ["x", "y", "z"], "ABC"[i % 3], "ABC"[i % 3] if i % 4 else "A")
                 for i in range(60)]
-LATENCY_SECONDS = "1.0"  # per answer; 3 in flight: 20 s for the multiple-choice set
+LATENCY_SECONDS = "2.0"  # per answer, 2 at once: a minute for the multiple-choice set, more than a start-up
 
 
 @pytest.mark.usefixtures("venvs")

@@ -5,6 +5,11 @@ in the same run folder, judges them. A run then takes about max(inference, judgi
 their sum. The eval stage that follows finds their results (OpenCompass skips a dataset that
 has them), scores what is left and writes the summary of all of them.
 
+Each evaluation costs an OpenCompass start-up before it judges anything (seconds on a GPU
+node, half a minute on 2 CPU cores). So a finished dataset is only judged meanwhile when the
+inference still to come outlasts that start-up, and one still starting once inference ended is
+stopped: the eval stage judges those datasets with the last ones, one start-up sooner.
+
 Only when the judge has GPUs of its own, so it loads while the model infers. A judge that dies
 meanwhile stops the streaming; the stage after inference says so, as before.
 """
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lmeval import outputs
@@ -27,17 +34,55 @@ if TYPE_CHECKING:
 POLL_SECONDS = 0.2
 
 
+@dataclass
+class Pace:
+    """How inference goes, from OpenCompass's counts: its start-up (from its start to its first
+    answer), which an evaluation's start-up is about as long as, and its answers a second since."""
+
+    began: float
+    first_answer: float | None = None
+    answered_first: int = 0  # the answers seen at the first answer
+    answered: int = 0
+    seen: float = 0.0
+
+    def observe(self, answered: int, now: float) -> None:
+        if answered and self.first_answer is None:
+            self.first_answer, self.answered_first = now, answered
+        self.answered, self.seen = answered, now
+
+    @property
+    def start_up(self) -> float | None:
+        return None if self.first_answer is None else self.first_answer - self.began
+
+    def outlasts_start_up(self, left: int | None) -> bool:
+        """Whether the LEFT answers still to come (None: not known, a dataset has not begun) take
+        longer than a start-up; yes while that is not known."""
+        if left is None or self.first_answer is None or self.seen <= self.first_answer:
+            return True
+        rate = (self.answered - self.answered_first) / (self.seen - self.first_answer)
+        return left > rate * self.start_up
+
+    def still_starting(self, since: float, now: float) -> bool:
+        """Whether a process started at SINCE is likely still starting up at NOW."""
+        return self.start_up is not None and now - since < self.start_up
+
+
 class StreamedJudging:
     """One OpenCompass evaluation at a time, of the datasets whose predictions are complete and
     that no evaluation had yet."""
 
-    def __init__(self, evaluation: Evaluation, judge: RunningSet, served: ServedModel) -> None:
+    def __init__(self, evaluation: Evaluation, judge: RunningSet, served: ServedModel,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.evaluation = evaluation
+        self.clock = clock
+        self.pace = Pace(clock())  # made just before the inference starts
         self.judge = judge
         self.served = served  # as OpenCompass reaches it; set again once it is ready
         self.ready = False
         self.running: OpenCompassRun | None = None
+        self.running_since = 0.0
         self.batch: list[str] = []  # the datasets of the running evaluation
+        self.deferred: set[str] = set()  # left to the eval stage: inference ends sooner than an evaluation starts
         self.handed: set[str] = set()  # datasets an evaluation had
         self.evaluations = 0
         self.stopped = False
@@ -46,10 +91,14 @@ class StreamedJudging:
         """Called while inference runs: once the judge is ready, judge what is complete."""
         if self.stopped:
             return
+        left = self.observe_inference()
         if self.judge.first_exit():
             self.stop()  # the stage after inference names the judge and how it ended
             return
         if self.running is not None:
+            if self.judge_restarted():
+                self.stop()  # its OpenCompass holds the old key: the eval stage judges its datasets
+                return
             if self.running.poll() is None:
                 return
             self.finished()
@@ -61,8 +110,34 @@ class StreamedJudging:
         plan = self.evaluation.plan
         done = [name for name in plan.abbrs if name not in self.handed
                 and outputs.predictions_file(plan.run_dir, plan.model_abbr, name).is_file()]
-        if done:
+        if not done:
+            return
+        if self.pace.outlasts_start_up(left):
             self.start(done)
+        elif not self.deferred.issuperset(done):
+            self.deferred.update(done)
+            self.evaluation.app.info(f"eval of {', '.join(done)} with the eval stage: inference ends sooner "
+                                     "than an evaluation would start")
+
+    def judge_restarted(self) -> bool:
+        """Whether another run of the sweep restarted the shared judge (a fresh key) since the
+        running evaluation started."""
+        shared = self.evaluation.shared_judge
+        return shared is not None and shared.served is not None and shared.served.api_key != self.served.api_key
+
+    def observe_inference(self) -> int | None:
+        """Feed the pace with OpenCompass's counts; the answers still to come, None if a
+        dataset has not begun."""
+        plan = self.evaluation.plan
+        answered, left = 0, 0
+        for name in plan.abbrs:
+            done, total = outputs.progress(plan.run_dir, plan.model_abbr, name)
+            answered += done
+            if outputs.predictions_file(plan.run_dir, plan.model_abbr, name).is_file():
+                continue
+            left = None if total is None or left is None else left + total - done
+        self.pace.observe(answered, self.clock())
+        return left
 
     def start(self, datasets: list[str]) -> None:
         evaluation, plan = self.evaluation, self.evaluation.plan
@@ -77,6 +152,7 @@ class StreamedJudging:
         self.running = evaluation.opencompass("eval", config, f"opencompass_eval_streamed{self.evaluations}.log")
         evaluation.app.info(f"eval of {', '.join(datasets)} while inference goes on: {shlex.join(self.running.argv)}")
         self.running.start()
+        self.running_since = self.clock()
 
     def finished(self) -> None:
         plan = self.evaluation.plan
@@ -87,7 +163,13 @@ class StreamedJudging:
 
     def drain(self) -> None:
         """After inference: let the running evaluation end (the eval stage must not judge its
-        datasets a second time beside it), watching the judge."""
+        datasets a second time beside it), watching the judge; one still starting is stopped,
+        the eval stage judges its datasets sooner."""
+        if self.running is not None and self.running.poll() is None and \
+                self.pace.still_starting(self.running_since, self.clock()):
+            self.evaluation.app.info(f"eval of {', '.join(self.batch)} with the eval stage: it was still starting")
+            self.stop()
+            return
         while self.running is not None and self.running.poll() is None:
             if self.judge.first_exit():
                 self.stop()
