@@ -34,6 +34,12 @@ def test_a_dataset_not_begun_yet_means_more_to_come():
     assert started_after_30_s_then_2_answers_a_second().outlasts_start_up(None)
 
 
+def test_nothing_left_to_infer_never_pays():
+    pace = Pace(began=0.0)
+    pace.observe(20, 25.0)  # every answer at once: no rate
+    assert not pace.outlasts_start_up(0)
+
+
 def test_nothing_is_held_back_before_the_pace_is_known():
     pace = Pace(began=0.0)
     pace.observe(0, 25.0)

@@ -56,7 +56,9 @@ class Pace:
 
     def outlasts_start_up(self, left: int | None) -> bool:
         """Whether the LEFT answers still to come (None: not known, a dataset has not begun) take
-        longer than a start-up; yes while that is not known."""
+        longer than a start-up; yes while that is not known, no when nothing is left."""
+        if left == 0:
+            return False
         if left is None or self.first_answer is None or self.seen <= self.first_answer:
             return True
         rate = (self.answered - self.answered_first) / (self.seen - self.first_answer)
