@@ -5,7 +5,8 @@ What it promises the benchmark numbers rest on: each request thread sends throug
 client (one shared httpcore pool stalls the client, bench/inference_bench.py), the clients share
 one TLS context (making one per client took 30 ms each), OpenAISDK really sends through
 `openai_client` (else the per-thread clients would silently be bypassed by an OpenCompass
-upgrade), and the garbage collector is frozen once the model is built.
+upgrade), and the garbage collector is frozen once the model is built. And of the runner: each
+task is forked from OpenCompass's process with its own log, params file and exit code.
 """
 
 from __future__ import annotations
@@ -115,3 +116,52 @@ def test_a_dead_node_behind_the_proxy_is_a_failed_request_not_an_answer():
     }
     assert report["sent"] == ["/dead/v1/chat/completions"] * 3 + ["/alive/v1/chat/completions"]
     assert "LMDeploy's proxy answered error_code 10402" in printed
+
+
+RUNNER_PROBE = r"""
+import json, os, sys, tempfile
+from lmeval_opencompass import LmevalLocalRunner
+
+folder = tempfile.mkdtemp()
+os.chdir(folder)
+script = os.path.join(folder, "task_script.py")
+with open(script, "w") as handle:
+    handle.write("import json, os, sys\n"
+                 "print(json.dumps({'parent': os.getppid(), 'argv': sys.argv, 'name': __name__,"
+                 " 'params': open(sys.argv[1]).read()}))\n"
+                 "sys.exit(int(sys.argv[1].endswith('_params.py')) * 3)\n")
+
+
+class Params:
+    def dump(self, path):
+        with open(path, "w") as handle:
+            handle.write("answer = 42\n")
+
+
+class Task:
+    name, num_gpus, cfg = "demo-chat/capitals", 0, Params()
+
+    def get_command(self, cfg_path, template):
+        return template.format(task_cmd=f"{sys.executable} {script} {cfg_path}")
+
+    def get_log_path(self, file_extension):
+        return os.path.join(folder, "logs", "infer", f"capitals.{file_extension}")
+
+
+runner = LmevalLocalRunner(task=dict(type="OpenICLInferTask"), max_num_workers=1)
+status = runner._launch(Task(), [], 0)
+log = open(Task().get_log_path("out")).read()
+print(json.dumps({"me": os.getpid(), "status": list(status), "task": json.loads(log.splitlines()[0]),
+                  "left_in_tmp": os.listdir(os.path.join(folder, "tmp"))}))
+"""
+
+
+@pytest.mark.opencompass
+def test_the_runner_forks_each_task_from_its_process_and_keeps_its_log_and_exit_code():
+    report, _ = run_probe(RUNNER_PROBE)
+    task = report["task"]
+    assert report["status"] == ["demo-chat/capitals", 3]
+    assert task["parent"] == report["me"]  # forked, not a shell's child nor a new Python's
+    assert task["name"] == "__main__" and task["argv"][1].endswith("_params.py")
+    assert task["params"] == "answer = 42\n"
+    assert report["left_in_tmp"] == []  # the task's params are removed once it ended, as LocalRunner does

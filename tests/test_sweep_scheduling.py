@@ -33,7 +33,7 @@ class Script:
     interrupted: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def fake_evaluation(self, app, plan, shared, gpus_free):
+    def fake_evaluation(self, app, plan, shared, gpus_free, forks):
         script = self
 
         class Fake:

@@ -1,7 +1,7 @@
 """OpenCompass's processes as children lmeval supervises: the CLI for a stage, and the preflight
 that checks OpenCompass's half of a run while the servers load. Each in its own session, its
 output in a log, tagged like the servers so a stop or `lmeval cleanup` finds its task
-processes too."""
+processes too; forked by the command's fork server (lmeval.forkserver) when it has one."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ import psutil
 
 from lmeval.exceptions import StageFailed
 from lmeval.files import log_tail
+from lmeval.forkserver import ForkedChild, ForkServer
 from lmeval.launch import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
 
 STOP_GRACE_SECONDS = 5.0
 # Modules lmeval's configs name, for OpenCompass's own processes (lmeval never imports them).
 PLUGIN_DIR = Path(__file__).resolve().parent / "opencompass_plugin"
 _PREFLIGHT_RESULT = re.compile(r"^lmeval preflight: (ok|failed: .*)$", re.MULTILINE)
+CLI_ENTRY = "opencompass.cli.main:main"
 
 
 def opencompass_env(base: dict[str, str]) -> dict[str, str]:
@@ -48,17 +50,39 @@ def venv_python(executable: Path) -> Path:
     return executable.parent / "python"
 
 
-class OpenCompassProcess:
-    """One process in OpenCompass's venv, started with ARGV in CWD, its output in LOG_PATH."""
+def sys_argv(argv: list[str]) -> list[str]:
+    """The sys.argv of the Python that ARGV starts: `python -m MODULE ARGS...` gives
+    [MODULE, ARGS...], a script `SCRIPT ARGS...` ARGV itself."""
+    return argv[2:] if argv[1:2] == ["-m"] else argv
 
-    def __init__(self, argv: list[str], name: str, cwd: Path, log_path: Path, run_id: str) -> None:
+
+def is_cli_script(executable: Path) -> bool:
+    """Whether EXECUTABLE is the `opencompass` script pip writes, which only calls CLI_ENTRY
+    (a fork server of its venv can run that; not so a wrapper of the user's own)."""
+    try:
+        with open(executable, "rb") as handle:
+            text = handle.read(4096)
+    except OSError:
+        return False
+    return text.startswith(b"#!") and b"from opencompass.cli.main import main" in text
+
+
+class OpenCompassProcess:
+    """One process in OpenCompass's venv, started with ARGV in CWD, its output in LOG_PATH;
+    forked by FORKS when given, as `sys.exit(ENTRY())` with sys.argv ARGV."""
+
+    def __init__(self, argv: list[str], name: str, cwd: Path, log_path: Path, run_id: str,
+                 forks: ForkServer | None = None, entry: str | None = None) -> None:
         self.argv = argv
         self.name = name
         self.cwd = cwd
         self.log_path = log_path
         self.run_id = run_id
+        self.forks = forks if entry is not None else None
+        self.entry = entry
         self.tag = f"opencompass-{uuid.uuid4().hex[:12]}"
         self.popen: subprocess.Popen | None = None
+        self.forked: ForkedChild | None = None
         self.created = 0.0
 
     def start(self) -> None:
@@ -66,6 +90,10 @@ class OpenCompassProcess:
         # current directory: give each run its own.
         self.cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = opencompass_env(tagged_env(dict(os.environ), self.tag, owner_token(), self.run_id))
+        if self.forks is not None:
+            self.forked = self.forks.launch(self.entry, sys_argv(self.argv), self.cwd, env, self.log_path)
+            if self.forked is not None:
+                return
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -75,12 +103,21 @@ class OpenCompassProcess:
         self.created = psutil.Process(self.popen.pid).create_time()
 
     def poll(self) -> int | None:
+        if self.forked is not None:
+            return self.forked.poll()
         return self.popen.poll() if self.popen else None
 
     def stop(self) -> Stopped:
-        """End it and its task processes (found by tag even after it exited)."""
-        leader = live_process(self.popen.pid, self.created) if self.popen else None
+        """End it and its task processes (found by tag even after it exited; a forked one's
+        by its tree, and by the fork server if it had not forked it yet)."""
+        if self.forked is not None:
+            self.forked.poll()  # its pid, if the server said it by now
+            leader = self.forked.process()
+        else:
+            leader = live_process(self.popen.pid, self.created) if self.popen else None
         stopped = terminate(leader, self.tag, STOP_GRACE_SECONDS, f"{self.name}'s processes")
+        if self.forked is not None:
+            self.forked.close()
         if self.popen is not None:
             self.popen.poll()
         return stopped
@@ -90,9 +127,9 @@ class OpenCompassRun(OpenCompassProcess):
     """`opencompass CONFIG -m MODE -w WORK_DIR -r RUN` for one stage."""
 
     def __init__(self, executable: Path, config: Path, mode: str, work_dir: Path, run_id: str,
-                 cwd: Path, log_path: Path) -> None:
+                 cwd: Path, log_path: Path, forks: ForkServer | None = None) -> None:
         super().__init__(opencompass_argv(executable, config, mode, work_dir, run_id), f"OpenCompass {mode}",
-                         cwd, log_path, run_id)
+                         cwd, log_path, run_id, forks, CLI_ENTRY if forks and is_cli_script(executable) else None)
 
 
 class PreflightFailed(StageFailed):
@@ -104,11 +141,11 @@ class Preflight(OpenCompassProcess):
     imports, the configs through its own loader, the local tokenizers."""
 
     def __init__(self, executable: Path, configs: list[Path], tokenizers: list[str], cwd: Path, log_path: Path,
-                 run_id: str) -> None:
+                 run_id: str, forks: ForkServer | None = None) -> None:
         argv = [str(venv_python(executable)), "-m", "lmeval_preflight", *map(str, configs)]
         for tokenizer in tokenizers:
             argv += ["--tokenizer", tokenizer]
-        super().__init__(argv, "OpenCompass's preflight", cwd, log_path, run_id)
+        super().__init__(argv, "OpenCompass's preflight", cwd, log_path, run_id, forks, "lmeval_preflight:main")
         self.stopped_early = False
 
     def stop(self) -> Stopped:

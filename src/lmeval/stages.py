@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +22,10 @@ from lmeval.app import Application
 from lmeval.exceptions import ServerDied, ServerFailed, StageFailed
 from lmeval.files import log_tail, write_private
 from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
+from lmeval.forkserver import ForkServer
 from lmeval.launch import Server, ServerGroup, command_line, new_api_key, redact
 from lmeval.manifest import RestartRecord, RunLock, ServerRecord
-from lmeval.ocrun import PLUGIN_DIR, OpenCompassRun, Preflight, PreflightFailed, last_error
+from lmeval.ocrun import PLUGIN_DIR, OpenCompassRun, Preflight, PreflightFailed, last_error, venv_python
 from lmeval.options import EvalOptions
 from lmeval.configgen import ServedModel
 from lmeval.plan import EvalPlan, in_flight, make_plan
@@ -65,6 +66,20 @@ class SharedJudge:
 
 
 @contextmanager
+def opencompass_forks(app: Application, plan: EvalPlan) -> Iterator[ForkServer | None]:
+    """A fork server in OpenCompass's venv for the block (None if it cannot start: OpenCompass's
+    processes then start the usual way), stopped with whatever it forked at the end."""
+    forks = ForkServer(venv_python(plan.opencompass), plan.run_dir / "lmeval" / "forkserver.log", plan.run_id)
+    try:
+        started = forks.start()
+        yield forks if started else None
+    finally:
+        stopped = forks.stop()
+        if stopped.left:
+            app.stopped("OpenCompass's fork server", stopped, plan.work_dir)
+
+
+@contextmanager
 def held(app: Application, lock: threading.Lock) -> Iterator[None]:
     """LOCK held for the block, waited for in steps so an interrupt of the command gets through."""
     while not lock.acquire(timeout=SUPERVISE_SECONDS):
@@ -80,9 +95,10 @@ class Evaluation:
     its runs, with the judge it shares."""
 
     def __init__(self, app: Application, plan: EvalPlan, shared_judge: SharedJudge | None = None,
-                 gpus_free: threading.Event | None = None) -> None:
+                 gpus_free: threading.Event | None = None, forks: ForkServer | None = None) -> None:
         self.app = app
         self.plan = plan
+        self.forks = forks  # the sweep's; else the run starts its own
         self.shared_judge = shared_judge
         self.gpus_free = gpus_free  # in a sweep, set once the run's model servers left its GPUs
         self.manifest = plan.manifest
@@ -112,7 +128,8 @@ class Evaluation:
         """OpenCompass for STAGE on CONFIG, its output in RUN/lmeval/LOG_NAME (`opencompass_STAGE.log`)."""
         return OpenCompassRun(self.plan.opencompass, config, stage, self.plan.work_dir, self.plan.run_id,
                               cwd=self.run_dir / "lmeval" / "opencompass_cwd",
-                              log_path=self.run_dir / "lmeval" / (log_name or f"opencompass_{stage}.log"))
+                              log_path=self.run_dir / "lmeval" / (log_name or f"opencompass_{stage}.log"),
+                              forks=self.forks)
 
     def record_external(self, role: str, served: ServedModel) -> None:
         """A server the user runs (--api-server / --judger-server)."""
@@ -352,8 +369,10 @@ class Evaluation:
                 return self.dry_run(stages)
             self.prepare_folder()
             try:
-                with ServerGroup(plan.lmdeploy, self.run_dir / "servers", self.app, plan.run_id,
-                                 plan.grace) as group:
+                # The fork server imports OpenCompass while the servers load.
+                with nullcontext(self.forks) if self.forks else opencompass_forks(self.app, plan) as self.forks, \
+                        ServerGroup(plan.lmdeploy, self.run_dir / "servers", self.app, plan.run_id,
+                                    plan.grace) as group:
                     self.save()
                     self.execute_stages(group, stages)
             finally:
@@ -412,7 +431,8 @@ class Evaluation:
             tokenizers.append(plan.judge.tokenizer_path)
         preflight = Preflight(plan.opencompass, configs, [t for t in dict.fromkeys(tokenizers) if Path(t).is_dir()],
                               cwd=self.run_dir / "lmeval" / "opencompass_cwd",
-                              log_path=self.run_dir / "lmeval" / "preflight.log", run_id=plan.run_id)
+                              log_path=self.run_dir / "lmeval" / "preflight.log", run_id=plan.run_id,
+                              forks=self.forks)
         preflight.start()
         return preflight
 

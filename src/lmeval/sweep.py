@@ -27,7 +27,8 @@ from lmeval.gpus import parse_gpu_list
 from lmeval.launch import ServerGroup, check_model
 from lmeval.options import EvalOptions
 from lmeval.plan import EvalPlan, make_plan
-from lmeval.stages import Evaluation, SharedJudge
+from lmeval.forkserver import ForkServer
+from lmeval.stages import Evaluation, SharedJudge, opencompass_forks
 
 JOIN_SECONDS = 0.2
 
@@ -100,11 +101,13 @@ class RunThread:
 class Sweep:
     """The runs of one command, each a thread, and what they share: the judge, the GPU groups."""
 
-    def __init__(self, app: Application, plans: list[EvalPlan], shared: SharedJudge | None, groups: int) -> None:
+    def __init__(self, app: Application, plans: list[EvalPlan], shared: SharedJudge | None, groups: int,
+                 forks: ForkServer | None = None) -> None:
         self.app = app
         self.plans = plans
         self.shared = shared
         self.groups = groups
+        self.forks = forks
         self.failed: set[str] = set()  # run ids
         self.interrupts: list[KeyboardInterrupt] = []
         self.crashes: list[BaseException] = []
@@ -158,7 +161,7 @@ class Sweep:
     def run_one(self, plan: EvalPlan, phase: tuple[str, ...], gpus_free: threading.Event) -> None:
         app = self.app.for_run(plan.model_abbr)
         try:
-            Evaluation(app, plan, self.shared, gpus_free).execute(phase)
+            Evaluation(app, plan, self.shared, gpus_free, self.forks).execute(phase)
         except LmevalError as error:
             self.app.warn(f"{plan.model_abbr} (run {plan.run_id}) failed: {error.message}")
             if error.detail:
@@ -182,12 +185,14 @@ def evaluate_models(app: Application, options: list[EvalOptions], stages: tuple[
     plans = make_plans(app, options, stages, groups)
     first = plans[0]
     # The judge is started by the run that needs it first, and may be restarted by any: a thread
-    # of the sweep's own forks it, so it is not sent SIGTERM when that run's thread ends.
-    with ThreadPoolExecutor(1, thread_name_prefix="judge-starter") as starter, \
+    # of the sweep's own forks it, so it is not sent SIGTERM when that run's thread ends. This
+    # thread starts the one fork server of all runs' OpenCompass processes.
+    with opencompass_forks(app, first) as forks, \
+            ThreadPoolExecutor(1, thread_name_prefix="judge-starter") as starter, \
             ServerGroup(first.lmdeploy, first.run_dir / "servers", app, first.run_id, first.grace,
                         starter=lambda start: starter.submit(start).result()) as group:
         shared = SharedJudge(group) if first.judge_set is not None and "eval" in stages else None
-        sweep = Sweep(app, plans, shared, len(groups))
+        sweep = Sweep(app, plans, shared, len(groups), forks)
         try:
             for phase in phases(plans, stages):
                 sweep.run_phase(phase)

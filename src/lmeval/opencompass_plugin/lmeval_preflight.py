@@ -51,9 +51,9 @@ def check(configs, tokenizers, data=False):
             AutoTokenizer.from_pretrained(path)
 
 
-def main(argv):
+def main(argv=None):
     configs, tokenizers, data = [], [], False
-    args = iter(argv)
+    args = iter(sys.argv[1:] if argv is None else argv)
     for arg in args:
         if arg == "--tokenizer":
             tokenizers.append(next(args))
@@ -72,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

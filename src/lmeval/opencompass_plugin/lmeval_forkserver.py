@@ -1,0 +1,155 @@
+"""Run by lmeval in OpenCompass's venv (never imported by lmeval):
+`python -m lmeval_forkserver SOCKET`. It imports OpenCompass once, then forks every OpenCompass
+process of one lmeval command from itself (lmeval.forkserver is the other end).
+
+It listens on the Unix socket SOCKET (in a folder only its user can enter) before it imports
+anything, so lmeval can connect at once; requests wait until the imports are done. A failed
+import is written to its output and otherwise ignored: each child then imports again and fails
+as a new process would, with the same error in its own log.
+
+A request is one JSON line on a connection of its own: `{"entry": "module:function", "argv":
+[...], "cwd": ..., "env": {...}, "log": ...}`. The child runs `sys.exit(function())` with that
+sys.argv, folder, environment and output (appended to the log), in a session of its own. The
+answer is a line `{"pid": N}`, then `{"exit": CODE}` (-N: signal N) when the child has ended.
+The connection is the child's lifeline: closed by lmeval while the child runs, the child's
+session is killed.
+"""
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+
+from lmeval_fork import fork_child
+
+# What OpenCompass's CLI and its tasks import, lmeval's model class and runner included.
+PRELOAD = ("opencompass.cli.main", "opencompass.tasks", "opencompass.datasets", "opencompass.models",
+           "opencompass.runners", "opencompass.partitioners", "opencompass.summarizers", "opencompass.utils.run",
+           "transformers", "lmeval_opencompass")
+REAP_SECONDS = 0.05
+
+
+def preload():
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - the child that needs it fails with it
+            print(f"lmeval forkserver: importing {name} failed:", flush=True)
+            traceback.print_exc()
+            sys.stderr.flush()
+
+
+def entry_point(spec):
+    module, function = spec.split(":")
+
+    def run():
+        sys.exit(getattr(importlib.import_module(module), function)())
+
+    return run
+
+
+def start(request):
+    sys.argv = list(request["argv"])
+    return fork_child(entry_point(request["entry"]), request["log"], new_session=True, cwd=request["cwd"],
+                      environ=request["env"])
+
+
+def send(connection, message):
+    connection.sendall((json.dumps(message) + "\n").encode())
+
+
+def let_go(connection):
+    """Whether lmeval closed CONNECTION."""
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def kill_session(pid):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def serve(listener):
+    argv = sys.argv
+    asking = {}  # connection -> what it has sent of its request
+    children = {}  # pid -> its connection, None once lmeval let go of it
+    while True:
+        lifelines = [connection for connection in children.values() if connection is not None]
+        readable, _, _ = select.select([listener, *asking, *lifelines], [], [], REAP_SECONDS)
+        for connection in readable:
+            if connection is listener:
+                accepted, _ = listener.accept()
+                asking[accepted] = b""
+                continue
+            try:
+                data = connection.recv(1 << 16)
+            except OSError:
+                data = b""
+            if connection not in asking:  # a running child's lifeline: closed, or a stray byte
+                if not data:
+                    pid = next(pid for pid, held in children.items() if held is connection)
+                    kill_session(pid)
+                    connection.close()
+                    children[pid] = None
+                continue
+            if not data:
+                del asking[connection]
+                connection.close()
+                continue
+            asking[connection] += data
+            if b"\n" not in asking[connection]:
+                continue
+            request = json.loads(asking.pop(connection))
+            if let_go(connection):  # lmeval stopped it while it waited for the imports
+                connection.close()
+                continue
+            pid = start(request)
+            sys.argv = argv
+            try:
+                send(connection, {"pid": pid})
+                children[pid] = connection
+            except OSError:  # lmeval let go of it before it started
+                kill_session(pid)
+                connection.close()
+                children[pid] = None
+        reap(children)
+
+
+def reap(children):
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        connection = children.pop(pid, None)
+        if connection is None:
+            continue
+        try:
+            send(connection, {"exit": os.waitstatus_to_exitcode(status)})
+        except OSError:
+            pass
+        connection.close()
+
+
+def main():
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sys.argv[1])
+    listener.listen(64)
+    preload()
+    print("lmeval forkserver: ready", flush=True)
+    serve(listener)
+
+
+if __name__ == "__main__":
+    main()
