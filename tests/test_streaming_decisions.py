@@ -187,3 +187,21 @@ def test_an_evaluation_holding_the_key_of_a_judge_another_run_restarted_is_stopp
     assert run.code == -15
     assert evaluation.lines[-1] == "stopped OpenCompass eval"
     assert streamed.stopped  # the eval stage judges first, with the new key
+
+
+def test_the_start_up_counts_from_when_the_inference_process_began(tmp_path):
+    """Asked for at 0 s, the inference process began at 25 s (the fork server was importing
+    OpenCompass), its first answer at 30 s: a start-up of 5 s, so with 24 s of inference left
+    (second: 48 answers to come) first is judged meanwhile."""
+    evaluation, clock = FakeEvaluation(tmp_path / "run"), Clock()
+    streamed = StreamedJudging(evaluation, JUDGE, SimpleNamespace(api_key="key-1"), clock=clock)
+    inference = SimpleNamespace(began=None)
+    for now, began, first, second in ((10, None, 0, None), (26, 25.0, 0, None), (30, 25.0, 1, None),
+                                      (50, 25.0, 40, 2)):
+        clock.now, inference.began = now, began
+        evaluation.inferred("first", first, 40)
+        if second is not None:
+            evaluation.inferred("second", second, 50)
+        streamed.poll(inference)
+    assert streamed.pace.start_up == 5.0
+    assert [datasets for datasets, _ in evaluation.runs] == [["first"]]

@@ -44,6 +44,7 @@ class ForkedChild:
         self.connection: socket.socket | None = connection
         self.pid: int | None = None
         self.created = 0.0
+        self.began: float | None = None  # monotonic, when lmeval learnt it was forked
         self.code: int | None = None
         self.received = b""
 
@@ -67,7 +68,7 @@ class ForkedChild:
 
     def read(self, message: dict) -> None:
         if "pid" in message:
-            self.pid = message["pid"]
+            self.pid, self.began = message["pid"], time.monotonic()
             try:
                 self.created = psutil.Process(self.pid).create_time()
             except psutil.Error:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -84,6 +85,13 @@ class OpenCompassProcess:
         self.popen: subprocess.Popen | None = None
         self.forked: ForkedChild | None = None
         self.created = 0.0
+        self.started: float | None = None  # monotonic, once started the usual way
+
+    @property
+    def began(self) -> float | None:
+        """When it began to run (monotonic); a forked one once the server said it forked it
+        (it waits for the server's imports first)."""
+        return self.forked.began if self.forked is not None else self.started
 
     def start(self) -> None:
         # OpenCompass writes tmp/, icl_inference_output/ and a dataset size cache into its
@@ -100,6 +108,7 @@ class OpenCompassProcess:
                 stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=prepare_child,  # noqa: PLW1509 - umask and prctl only
             )
+        self.started = time.monotonic()
         self.created = psutil.Process(self.popen.pid).create_time()
 
     def poll(self) -> int | None:

@@ -154,11 +154,11 @@ class Evaluation:
     # ------------------------------------------------------------ stages
 
     def run_stage(self, group: ServerGroup, stage: str, running: RunningSet | None, served: ServedModel,
-                  meanwhile: Callable[[], None] = lambda: None) -> ServedModel:
+                  meanwhile: Callable[[OpenCompassRun], None] = lambda oc: None) -> ServedModel:
         """Run OpenCompass for STAGE against RUNNING (SERVED, as its clients see it; returned as
         they see it at the end). A server of RUNNING that dies stops OpenCompass at once; it is
         started again up to --restarts times and OpenCompass resumes the stage from what it saved.
-        MEANWHILE is called as OpenCompass runs (lmeval.streaming)."""
+        MEANWHILE(its OpenCompass) is called as OpenCompass runs (lmeval.streaming)."""
         self.preflight.check()  # the servers are ready: what it found by now, or nothing
         self.stop_preflight()  # the stage itself does the rest of what it checks
         record = self.manifest.stage(stage)
@@ -203,7 +203,8 @@ class Evaluation:
         self.manifest.servers.update(shared.records_for_run())
         return self.wait(running, shared.served)
 
-    def run_opencompass(self, stage: str, config: Path, watched: list[Server], meanwhile: Callable[[], None]) -> None:
+    def run_opencompass(self, stage: str, config: Path, watched: list[Server],
+                        meanwhile: Callable[[OpenCompassRun], None]) -> None:
         """One OpenCompass process for STAGE, stopped at once if a watched server dies."""
         record = self.manifest.stage(stage)
         record.status, record.message = "running", ""
@@ -229,7 +230,8 @@ class Evaluation:
             record.opencompass_seconds = round((record.opencompass_seconds or 0) + time.monotonic() - started, 3)
             self.save()
 
-    def supervise(self, stage: str, oc: OpenCompassRun, watched: list[Server], meanwhile: Callable[[], None]) -> None:
+    def supervise(self, stage: str, oc: OpenCompassRun, watched: list[Server],
+                  meanwhile: Callable[[OpenCompassRun], None]) -> None:
         last_progress = ""
         last_shown = time.monotonic()
         while oc.poll() is None:
@@ -237,7 +239,7 @@ class Evaluation:
             if failure:
                 raise failure
             self.app.checkpoint()
-            meanwhile()
+            meanwhile(oc)
             if stage == "infer" and time.monotonic() - last_shown >= PROGRESS_SECONDS:
                 progress = self.progress_line()
                 if progress != last_progress:
@@ -452,7 +454,7 @@ class Evaluation:
                     judge = self.start_judge(group)
                 served = self.wait(target, plan.target) if target else plan.target
                 streamed = StreamedJudging(self, judge, self.judge_served()) if judge and plan.stream else None
-                self.run_stage(group, "infer", target, served, meanwhile=streamed.poll if streamed else lambda: None)
+                self.run_stage(group, "infer", target, served, meanwhile=streamed.poll if streamed else lambda oc: None)
                 self.check_predictions()
                 self.finish_stage("infer")
                 # On a failure the group's exit stops them, after the servers started later.

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from lmeval import outputs
 from lmeval.configgen import ServedModel
 from lmeval.fleet import RunningSet
-from lmeval.ocrun import OpenCompassRun
+from lmeval.ocrun import OpenCompassProcess, OpenCompassRun
 from lmeval.readiness import port_open
 
 if TYPE_CHECKING:
@@ -37,7 +37,9 @@ POLL_SECONDS = 0.2
 @dataclass
 class Pace:
     """How inference goes, from OpenCompass's counts: its start-up (from its start to its first
-    answer), which an evaluation's start-up is about as long as, and its answers a second since."""
+    answer), which an evaluation's start-up is about as long as, and its answers a second since.
+    Its start is when its process began to run: a fork server may still import OpenCompass
+    when inference is asked for, never when an evaluation is."""
 
     began: float
     first_answer: float | None = None
@@ -89,10 +91,12 @@ class StreamedJudging:
         self.evaluations = 0
         self.stopped = False
 
-    def poll(self) -> None:
-        """Called while inference runs: once the judge is ready, judge what is complete."""
+    def poll(self, inference: OpenCompassProcess | None = None) -> None:
+        """Called while INFERENCE runs: once the judge is ready, judge what is complete."""
         if self.stopped:
             return
+        if inference is not None and inference.began is not None and self.pace.first_answer is None:
+            self.pace.began = inference.began  # the first inference's (a restart's starts later)
         left = self.observe_inference()
         if self.judge.first_exit():
             self.stop()  # the stage after inference names the judge and how it ended
