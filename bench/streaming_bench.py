@@ -15,10 +15,11 @@ the start of its inference stage to the end of its eval stage (the judging after
 included). The servers' load is in neither. Prints the medians, and the streamed run beside
 max(inference, judging) of the other; exits 1 if the ratio misses the goal.
 
-The stages last minutes, as real ones do: every OpenCompass evaluation first spends about 30 s
-starting on 2 CPU cores, which streaming cannot hide after the last dataset.
+The stages last minutes, as real ones do. What streaming cannot hide is the eval stage after
+the last dataset: its OpenCompass start-up (a second or two, forked from lmeval's fork server)
+and the judging of the datasets that finished too late to be judged meanwhile.
 
-Run it from the repository root (about 12 minutes a pair on 2 CPU cores):
+Run it from the repository root (about 10 minutes a pair on 2 CPU cores):
   .venvs/lmeval/bin/python bench/streaming_bench.py [-n N]
 """
 

@@ -5,10 +5,11 @@ in the same run folder, judges them. A run then takes about max(inference, judgi
 their sum. The eval stage that follows finds their results (OpenCompass skips a dataset that
 has them), scores what is left and writes the summary of all of them.
 
-Each evaluation costs an OpenCompass start-up before it judges anything (seconds on a GPU
-node, half a minute on 2 CPU cores). So a finished dataset is only judged meanwhile when the
-inference still to come outlasts that start-up, and one still starting once inference ended is
-stopped: the eval stage judges those datasets with the last ones, one start-up sooner.
+Each evaluation costs an OpenCompass start-up before it judges anything (a second or two forked
+from lmeval.forkserver, half a minute on 2 CPU cores started anew). So a finished dataset is
+only judged meanwhile when the inference still to come outlasts that start-up, and one still
+starting once inference ended is stopped: the eval stage judges those datasets with the last
+ones, one start-up sooner.
 
 Only when the judge has GPUs of its own, so it loads while the model infers. A judge that dies
 meanwhile stops the streaming; the stage after inference says so, as before.
