@@ -28,7 +28,8 @@ import json, os, subprocess, sys, time
 
 def main():
     """Say what it is, then do what its arguments ask."""
-    print(json.dumps({"pid": os.getpid(), "session": os.getsid(0), "cwd": os.getcwd(), "argv": sys.argv,
+    comm = open("/proc/self/comm").read().strip()
+    print(json.dumps({"pid": os.getpid(), "session": os.getsid(0), "cwd": os.getcwd(), "argv": sys.argv, "comm": comm,
                       "tag": os.environ.get("LMEVAL_TAG"), "extra": os.environ.get("PROBE_EXTRA")}), flush=True)
     action = sys.argv[1]
     if action == "raise":
@@ -85,8 +86,21 @@ def test_a_forked_process_is_its_own_with_its_exit_code(tmp_path, forks, monkeyp
     assert seen["session"] == seen["pid"]  # a session of its own, as start_new_session gives
     assert seen["cwd"] == str(tmp_path / "cwd")
     assert seen["argv"] == ["probe", "3"]  # as `python -m probe 3` has it
+    assert seen["comm"] == "python"
     assert seen["tag"] == process.tag != forks.tag
     assert seen["extra"] == "set after the server started"  # lmeval's environment now, not the server's
+
+
+def test_a_script_forked_in_its_stead_has_its_argv_and_name(tmp_path, forks):
+    """As the `opencompass` script is: sys.argv and the process name are the script's."""
+    script = str(tmp_path / "bin" / "opencompass")
+    process = OpenCompassProcess([script, "0"], "probe", tmp_path / "cwd", tmp_path / "probe.log", RUN_ID, forks,
+                                 "probe:main")
+    process.start()
+    wait_until(lambda: process.poll() is not None, 30, what="the probe to end")
+    assert process.poll() == 0
+    seen = said(process.log_path)
+    assert (seen["argv"], seen["comm"]) == ([script, "0"], "opencompass")
 
 
 def test_an_uncaught_exception_is_exit_1_with_its_traceback_in_the_log(tmp_path, forks):

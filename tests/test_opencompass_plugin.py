@@ -120,14 +120,17 @@ def test_a_dead_node_behind_the_proxy_is_a_failed_request_not_an_answer():
 
 RUNNER_PROBE = r"""
 import json, os, sys, tempfile
+from lmeval_fork import PR_SET_NAME, prctl
 from lmeval_opencompass import LmevalLocalRunner
 
+prctl(PR_SET_NAME, b"opencompass")  # as a forked OpenCompass is named
 folder = tempfile.mkdtemp()
 os.chdir(folder)
 script = os.path.join(folder, "task_script.py")
 with open(script, "w") as handle:
     handle.write("import json, os, sys\n"
                  "print(json.dumps({'parent': os.getppid(), 'argv': sys.argv, 'name': __name__,"
+                 " 'comm': open('/proc/self/comm').read().strip(),"
                  " 'params': open(sys.argv[1]).read()}))\n"
                  "sys.exit(int(sys.argv[1].endswith('_params.py')) * 3)\n")
 
@@ -163,5 +166,6 @@ def test_the_runner_forks_each_task_from_its_process_and_keeps_its_log_and_exit_
     assert report["status"] == ["demo-chat/capitals", 3]
     assert task["parent"] == report["me"]  # forked, not a shell's child nor a new Python's
     assert task["name"] == "__main__" and task["argv"][1].endswith("_params.py")
+    assert task["comm"] == "python"  # as the `python TASK_SCRIPT PARAMS` it stands for
     assert task["params"] == "answer = 42\n"
     assert report["left_in_tmp"] == []  # the task's params are removed once it ended, as LocalRunner does

@@ -130,14 +130,15 @@ class ForkServer:
             time.sleep(0.01)
         return True
 
-    def launch(self, entry: str, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> ForkedChild | None:
-        """Ask for a child running `sys.exit(ENTRY())` (`module:function`) with sys.argv ARGV;
-        None if the server is gone (start it the usual way then). Returns at once: the server
-        forks it once its imports are done."""
+    def launch(self, entry: str, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
+               name: str) -> ForkedChild | None:
+        """Ask for a child running `sys.exit(ENTRY())` (`module:function`) with sys.argv ARGV,
+        named NAME; None if the server is gone (start it the usual way then). Returns at once:
+        the server forks it once its imports are done."""
         if self.popen is None or self.popen.poll() is not None:
             return None
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        request = {"entry": entry, "argv": argv, "cwd": str(cwd), "env": env, "log": str(log_path)}
+        request = {"entry": entry, "argv": argv, "cwd": str(cwd), "env": env, "log": str(log_path), "name": name}
         try:
             connection.connect(str(self.socket_path))
             connection.sendall((json.dumps(request) + "\n").encode())

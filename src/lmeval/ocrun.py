@@ -99,7 +99,9 @@ class OpenCompassProcess:
         self.cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = opencompass_env(tagged_env(dict(os.environ), self.tag, owner_token(), self.run_id))
         if self.forks is not None:
-            self.forked = self.forks.launch(self.entry, sys_argv(self.argv), self.cwd, env, self.log_path)
+            # Named as when started anew (`opencompass`, `python`), for ps, top and pgrep.
+            self.forked = self.forks.launch(self.entry, sys_argv(self.argv), self.cwd, env, self.log_path,
+                                            Path(self.argv[0]).name)
             if self.forked is not None:
                 return
         with open(self.log_path, "ab") as log:

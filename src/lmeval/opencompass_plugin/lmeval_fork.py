@@ -17,12 +17,13 @@ import sys
 import traceback
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
-def fork_child(body, output, *, new_session, truncate=False, cwd=None, environ=None):
+def fork_child(body, output, *, new_session, truncate=False, cwd=None, environ=None, name=None):
     """Fork; the child runs BODY() with its stdout and stderr going to the file OUTPUT and exits
     with its code. NEW_SESSION: the child leads a session of its own (as `start_new_session`).
-    Returns the child's pid."""
+    NAME: its process name (what `ps -o comm`, `top` and `pgrep` see). Returns the child's pid."""
     parent = os.getpid()
     pid = os.fork()
     if pid:
@@ -32,6 +33,8 @@ def fork_child(body, output, *, new_session, truncate=False, cwd=None, environ=N
         if new_session:
             os.setsid()
         die_with_parent(parent)
+        if name:
+            prctl(PR_SET_NAME, name.encode()[:15])
         if cwd is not None:
             os.chdir(cwd)
         if environ is not None:
@@ -50,13 +53,18 @@ def fork_child(body, output, *, new_session, truncate=False, cwd=None, environ=N
         os._exit(code)
 
 
+def prctl(option, value):
+    """Linux's prctl(2); False where there is none."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value)
+    except OSError:
+        return False
+    return True
+
+
 def die_with_parent(parent):
     """SIGTERM when the forking thread's process dies, as lmeval's own children get it."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        return
-    if os.getppid() != parent:  # it died before the prctl
+    if prctl(PR_SET_PDEATHSIG, signal.SIGTERM) and os.getppid() != parent:  # it died before the prctl
         os._exit(1)
 
 

@@ -8,8 +8,9 @@ import is written to its output and otherwise ignored: each child then imports a
 as a new process would, with the same error in its own log.
 
 A request is one JSON line on a connection of its own: `{"entry": "module:function", "argv":
-[...], "cwd": ..., "env": {...}, "log": ...}`. The child runs `sys.exit(function())` with that
-sys.argv, folder, environment and output (appended to the log), in a session of its own. The
+[...], "cwd": ..., "env": {...}, "log": ..., "name": ...}`. The child runs `sys.exit(function())`
+with that sys.argv, folder, environment, output (appended to the log) and process name, in a
+session of its own. The
 answer is a line `{"pid": N}`, then `{"exit": CODE}` (-N: signal N) when the child has ended.
 The connection is the child's lifeline: closed by lmeval while the child runs, the child's
 session is killed.
@@ -54,7 +55,7 @@ def entry_point(spec):
 def start(request):
     sys.argv = list(request["argv"])
     return fork_child(entry_point(request["entry"]), request["log"], new_session=True, cwd=request["cwd"],
-                      environ=request["env"])
+                      environ=request["env"], name=request.get("name"))
 
 
 def send(connection, message):

@@ -106,7 +106,7 @@ class LmevalLocalRunner(LocalRunner):
             mmengine.mkdir_or_exist(os.path.dirname(out_path))
             environ = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}
             pid = fork_child(partial(run_script, argv[1:]), out_path, new_session=False, truncate=True,
-                             environ=environ)
+                             environ=environ, name=os.path.basename(argv[0]))
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
