@@ -75,8 +75,10 @@ def redirect_output(path, truncate):
     os.dup2(fd, 2)
     os.close(fd)
     old = {id(sys.stdout): 1, id(sys.stderr): 2}
-    fresh = {number: io.TextIOWrapper(io.FileIO(number, "w", closefd=False), encoding="utf-8",
-                                      errors="backslashreplace", line_buffering=True, write_through=True)
+    # As a new Python's on a file: stdout block-buffered, stderr line-buffered.
+    fresh = {number: io.TextIOWrapper(io.BufferedWriter(io.FileIO(number, "w", closefd=False)), encoding="utf-8",
+                                      errors="backslashreplace" if number == 2 else "strict",
+                                      line_buffering=number == 2)
              for number in (1, 2)}
     sys.stdout, sys.stderr = fresh[1], fresh[2]
     loggers = [logging.getLogger(), *(item for item in logging.Logger.manager.loggerDict.values()
