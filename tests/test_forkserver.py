@@ -26,10 +26,18 @@ RUN_ID = "20991231_235959"  # no other test's: the leftover checks of others loo
 PROBE = '''
 import json, os, subprocess, sys, time
 
+def target(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # the folder's own, gone once listed
+        return ""
+
 def main():
     """Say what it is, then do what its arguments ask."""
     comm = open("/proc/self/comm").read().strip()
+    sockets = len([fd for fd in os.listdir("/proc/self/fd") if target(fd).startswith("socket:")])
     print(json.dumps({"pid": os.getpid(), "session": os.getsid(0), "cwd": os.getcwd(), "argv": sys.argv, "comm": comm,
+                      "sockets": sockets,
                       "tag": os.environ.get("LMEVAL_TAG"), "extra": os.environ.get("PROBE_EXTRA")}), flush=True)
     action = sys.argv[1]
     if action == "raise":
@@ -87,6 +95,7 @@ def test_a_forked_process_is_its_own_with_its_exit_code(tmp_path, forks, monkeyp
     assert seen["cwd"] == str(tmp_path / "cwd")
     assert seen["argv"] == ["probe", "3"]  # as `python -m probe 3` has it
     assert seen["comm"] == "python"
+    assert seen["sockets"] == 0  # none of the server's: its listener, its connections
     assert seen["tag"] == process.tag != forks.tag
     assert seen["extra"] == "set after the server started"  # lmeval's environment now, not the server's
 

@@ -20,16 +20,19 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 
 
-def fork_child(body, output, *, new_session, truncate=False, cwd=None, environ=None, name=None):
+def fork_child(body, output, *, new_session, truncate=False, cwd=None, environ=None, name=None, close=()):
     """Fork; the child runs BODY() with its stdout and stderr going to the file OUTPUT and exits
     with its code. NEW_SESSION: the child leads a session of its own (as `start_new_session`).
-    NAME: its process name (what `ps -o comm`, `top` and `pgrep` see). Returns the child's pid."""
+    NAME: its process name (what `ps -o comm`, `top` and `pgrep` see). CLOSE: the parent's
+    sockets the child must not hold. Returns the child's pid."""
     parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
+        for item in close:
+            item.close()
         if new_session:
             os.setsid()
         die_with_parent(parent)

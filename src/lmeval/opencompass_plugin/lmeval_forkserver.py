@@ -52,10 +52,12 @@ def entry_point(spec):
     return run
 
 
-def start(request):
+def start(request, sockets):
+    """Fork the child REQUEST asks for; it holds none of the server's SOCKETS (else the listener
+    would outlive the server, and lmeval connect to a server that is gone)."""
     sys.argv = list(request["argv"])
     return fork_child(entry_point(request["entry"]), request["log"], new_session=True, cwd=request["cwd"],
-                      environ=request["env"], name=request.get("name"))
+                      environ=request["env"], name=request.get("name"), close=sockets)
 
 
 def send(connection, message):
@@ -113,7 +115,7 @@ def serve(listener):
             if let_go(connection):  # lmeval stopped it while it waited for the imports
                 connection.close()
                 continue
-            pid = start(request)
+            pid = start(request, [listener, *asking, *filter(None, children.values()), connection])
             sys.argv = argv
             try:
                 send(connection, {"pid": pid})
