@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -80,6 +81,13 @@ def probe(tmp_path, forks, action: str, name: str = "probe") -> OpenCompassProce
     return process
 
 
+def alive(pid: int) -> bool:
+    try:
+        return running(psutil.Process(pid))
+    except psutil.Error:
+        return False
+
+
 def said(log) -> dict:
     return json.loads(log.read_text().splitlines()[0])
 
@@ -132,8 +140,7 @@ def test_stop_ends_a_forked_process_and_its_children(tmp_path, forks):
     pid = process.forked.pid
     stopped = process.stop()
     assert stopped.ended == 2 and stopped.left == ()
-    assert not psutil.pid_exists(child) or not running(psutil.Process(child))
-    assert not psutil.pid_exists(pid) or not running(psutil.Process(pid))
+    assert not alive(child) and not alive(pid)
 
 
 def test_a_process_let_go_of_before_it_was_forked_never_runs(tmp_path, probe_path):
@@ -163,9 +170,16 @@ def test_the_server_stops_with_everything_it_forked(tmp_path, forks):
     folder = forks.folder
     stopped = forks.stop()
     assert stopped.left == () and stopped.ended == 5  # the server, two probes, their two children
-    assert [pid for pid in pids + children if psutil.pid_exists(pid) and running(psutil.Process(pid))] == []
+    assert [pid for pid in pids + children if alive(pid)] == []
     assert not folder.exists()
     assert all(p.poll() is not None for p in processes)
+
+
+def test_a_server_sent_sigterm_removes_its_socket_folder(forks):
+    """As when lmeval is killed outright and the server gets SIGTERM as its parent dies."""
+    forks.popen.send_signal(signal.SIGTERM)
+    assert forks.popen.wait(10) == -signal.SIGTERM
+    assert not forks.folder.exists()
 
 
 def test_without_its_server_a_process_starts_the_usual_way(tmp_path, forks):

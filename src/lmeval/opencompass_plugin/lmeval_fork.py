@@ -26,11 +26,16 @@ def fork_child(body, output, *, new_session, truncate=False, cwd=None, environ=N
     NAME: its process name (what `ps -o comm`, `top` and `pgrep` see). CLOSE: the parent's
     sockets the child must not hold. Returns the child's pid."""
     parent = os.getpid()
+    # SIGTERM held until the child has dropped the parent's handler (the fork server's).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid
     code = 1
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for item in close:
             item.close()
         if new_session:

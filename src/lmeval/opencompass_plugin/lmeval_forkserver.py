@@ -2,10 +2,11 @@
 `python -m lmeval_forkserver SOCKET`. It imports OpenCompass once, then forks every OpenCompass
 process of one lmeval command from itself (lmeval.forkserver is the other end).
 
-It listens on the Unix socket SOCKET (in a folder only its user can enter) before it imports
-anything, so lmeval can connect at once; requests wait until the imports are done. A failed
-import is written to its output and otherwise ignored: each child then imports again and fails
-as a new process would, with the same error in its own log.
+It listens on the Unix socket SOCKET (in a folder only its user can enter; the path appears
+once it listens) before it imports anything, so lmeval can connect at once; requests wait
+until the imports are done. A failed import is written to its output and otherwise ignored:
+each child then imports again and fails as a new process would, with the same error in its
+own log.
 
 A request is one JSON line on a connection of its own: `{"entry": "module:function", "argv":
 [...], "cwd": ..., "env": {...}, "log": ..., "name": ...}`. The child runs `sys.exit(function())`
@@ -145,10 +146,25 @@ def reap(children):
         connection.close()
 
 
+def leave(path):
+    """On SIGTERM (lmeval stopping it, or dying: PR_SET_PDEATHSIG): remove the socket and its
+    folder, which lmeval would remove only if it lived, then end as SIGTERM ends a process."""
+    for remove, what in ((os.unlink, path), (os.rmdir, os.path.dirname(path))):
+        try:
+            remove(what)
+        except OSError:
+            pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main():
+    path = sys.argv[1]
+    signal.signal(signal.SIGTERM, lambda *_: leave(path))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(sys.argv[1])
+    listener.bind(path + ".new")
     listener.listen(64)
+    os.rename(path + ".new", path)  # there only once it listens: lmeval connects when it sees it
     preload()
     print("lmeval forkserver: ready", flush=True)
     serve(listener)
