@@ -57,7 +57,7 @@ class ForkedChild:
             except OSError:
                 data = b""
             if not data:  # the server died, and its children with it
-                self.code = self.code if self.code is not None else 1
+                self.code = 1
                 self.close()
                 break
             self.received += data

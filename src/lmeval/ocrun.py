@@ -70,7 +70,7 @@ def is_cli_script(executable: Path) -> bool:
 
 class OpenCompassProcess:
     """One process in OpenCompass's venv, started with ARGV in CWD, its output in LOG_PATH;
-    forked by FORKS when given, as `sys.exit(ENTRY())` with sys.argv ARGV."""
+    forked by FORKS when given, as `sys.exit(ENTRY())` with the sys.argv ARGV would give it."""
 
     def __init__(self, argv: list[str], name: str, cwd: Path, log_path: Path, run_id: str,
                  forks: ForkServer | None = None, entry: str | None = None) -> None:

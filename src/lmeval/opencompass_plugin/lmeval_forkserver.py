@@ -11,10 +11,9 @@ own log.
 A request is one JSON line on a connection of its own: `{"entry": "module:function", "argv":
 [...], "cwd": ..., "env": {...}, "log": ..., "name": ...}`. The child runs `sys.exit(function())`
 with that sys.argv, folder, environment, output (appended to the log) and process name, in a
-session of its own. The
-answer is a line `{"pid": N}`, then `{"exit": CODE}` (-N: signal N) when the child has ended.
-The connection is the child's lifeline: closed by lmeval while the child runs, the child's
-session is killed.
+session of its own. The answer is a line `{"pid": N}`, then `{"exit": CODE}` (-N: signal N)
+when the child has ended. The connection is the child's lifeline: closed by lmeval while the
+child runs, the child's session is killed.
 """
 import importlib
 import json
@@ -44,10 +43,12 @@ def preload():
             sys.stderr.flush()
 
 
-def entry_point(spec):
+def entry_point(spec, argv):
+    """What the child runs: `sys.exit(function())` of SPEC (`module:function`), with sys.argv ARGV."""
     module, function = spec.split(":")
 
     def run():
+        sys.argv = list(argv)
         sys.exit(getattr(importlib.import_module(module), function)())
 
     return run
@@ -56,8 +57,7 @@ def entry_point(spec):
 def start(request, sockets):
     """Fork the child REQUEST asks for; it holds none of the server's SOCKETS (else the listener
     would outlive the server, and lmeval connect to a server that is gone)."""
-    sys.argv = list(request["argv"])
-    return fork_child(entry_point(request["entry"]), request["log"], new_session=True, cwd=request["cwd"],
+    return fork_child(entry_point(request["entry"], request["argv"]), request["log"], new_session=True, cwd=request["cwd"],
                       environ=request["env"], name=request.get("name"), close=sockets)
 
 
@@ -83,7 +83,6 @@ def kill_session(pid):
 
 
 def serve(listener):
-    argv = sys.argv
     asking = {}  # connection -> what it has sent of its request
     children = {}  # pid -> its connection, None once lmeval let go of it
     while True:
@@ -117,7 +116,6 @@ def serve(listener):
                 connection.close()
                 continue
             pid = start(request, [listener, *asking, *filter(None, children.values()), connection])
-            sys.argv = argv
             try:
                 send(connection, {"pid": pid})
                 children[pid] = connection
