@@ -3,9 +3,10 @@ stand-in's answer key, the expected scores computed from the rows alone (never f
 and the crash/resume chain several test modules read.
 
 - `make_scenario`: a QA file (judged) and a multiple-choice file (scored by rule).
-- `ServerWatch`: polls a server of a run while lmeval runs: its request counts
-  (`/standin/stats`), its key (from its command line), where it listens, what it answers
-  without the key.
+- `ServerWatch`: polls a server of a run while lmeval runs: its key (from its command line),
+  where it listens, what it answers without the key, when it died.
+- `asked`: how often each question reached a model's server, from the stand-in's request log
+  (written as each request arrives, so nothing sent just before a server stops is missed).
 - `crash_chain`: the run shared by the crash/resume, judge-quality and security tests
   (memoized, so the modules that use it pay for it once).
 """
@@ -17,6 +18,7 @@ import re
 import shutil
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +38,8 @@ from toolkit import (
     lmeval_env,
     only_run,
     read_json,
+    health,
     running,
-    stats,
     wait_until,
 )
 
@@ -112,7 +114,7 @@ def unimportable_venv(folder):
 # ---------------------------------------------------------------- watching a server
 
 
-STATS_SECONDS = 0.3  # between two /standin/stats polls (each leaves a line in the server log)
+PROBE_SECONDS = 0.3  # between two looks at a running server (each leaves a line in its log)
 
 
 @dataclass
@@ -122,7 +124,6 @@ class Observation:
     key: str | None = None
     listen: set[str] = field(default_factory=set)
     unauthorized_status: int | None = None
-    stats: dict | None = None
     died_at: float | None = None  # monotonic time the server process was first seen gone
 
 
@@ -139,7 +140,7 @@ class ServerWatch:
             self.old_tag = read_json(self.state_path).get("tag")
         self.seen = Observation()
         self.interval = interval
-        self._last_stats = 0.0
+        self._last_probe = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -169,12 +170,10 @@ class ServerWatch:
             if self.seen.died_at is None:
                 self.seen.died_at = time.monotonic()
             return
-        if time.monotonic() - self._last_stats < STATS_SECONDS:
+        if time.monotonic() - self._last_probe < PROBE_SECONDS:
             return
-        self._last_stats = time.monotonic()
-        current = stats(self.seen.port)
-        if current is not None:
-            self.seen.stats = current
+        self._last_probe = time.monotonic()
+        if health(self.seen.port) is not None:
             if self.seen.unauthorized_status is None:
                 try:
                     with http_client() as client:
@@ -223,6 +222,19 @@ MC_ROWS = [
 INVALID_MARKER = "Marlowe"
 
 
+def asked(log: Path, model: str, rows: list = QA_ROWS + MC_ROWS) -> Counter[str]:
+    """How often each question of ROWS reached MODEL's server, from the stand-in's request log
+    (STANDIN_REQUEST_LOG; no file: nothing was asked)."""
+    questions = [question for question, *_ in rows]
+    counts: Counter[str] = Counter()
+    lines = log.read_text().splitlines() if log.exists() else []
+    for body in map(json.loads, lines):
+        if body["model"] == model:
+            text = body["messages"][-1]["content"]
+            counts[next(question for question in questions if question in text)] += 1
+    return counts
+
+
 @dataclass
 class ChainScenario:
     qa: Path
@@ -260,6 +272,7 @@ class Step:
     stderr: str
     seconds: float  # the whole command
     manifest: dict  # the run's manifest right after the step
+    requests: Path  # the stand-ins' request log of the step (see `asked`)
     exit_after_death: float | None = None  # from the server's death to lmeval's exit
 
 
@@ -290,8 +303,8 @@ assert JUDGE_CRASH_AFTER < len(QA_ROWS) <= JUDGE_BATCH, "the trivia set must be 
 
 
 def _step(runner: Runner, args: list[str], env: dict[str, str], work_dir: Path, run_dir: Path | None,
-          role: str) -> Step:
-    process = runner.start(*args, env=env, work_dir=work_dir)
+          role: str, requests: Path) -> Step:
+    process = runner.start(*args, env={**env, "STANDIN_REQUEST_LOG": str(requests)}, work_dir=work_dir)
     new_run = run_dir is None
     if new_run:  # watch it once its folder exists
         run_dir = wait_until(lambda: next(iter(work_dir.glob("2*")), None), 60, what="the run folder")
@@ -301,7 +314,7 @@ def _step(runner: Runner, args: list[str], env: dict[str, str], work_dir: Path, 
     died = seen.died_at
     manifest = read_json(run_dir / "lmeval.json")
     return Step(process, seen, code, process.stdout, process.stderr, process.ended - process.started,
-                manifest, None if died is None else process.ended - died)
+                manifest, requests, None if died is None else process.ended - died)
 
 
 def _saved_rows(run_dir: Path, model: str) -> dict[str, set[int]]:
@@ -340,12 +353,13 @@ def crash_chain(folder: Path) -> Chain:
     try:
         key = {"STANDIN_ANSWER_KEY": str(scenario.key), "STANDIN_LATENCY_SECONDS": "0.25"}
         crash = _step(runner, ["infer", *chain_args(scenario, work_dir, "--restarts", "0")],
-                      lmeval_env(**key, STANDIN_CRASH_AFTER_REQUESTS=str(TARGET_CRASH_AFTER)), work_dir, None, "target")
+                      lmeval_env(**key, STANDIN_CRASH_AFTER_REQUESTS=str(TARGET_CRASH_AFTER)), work_dir, None, "target",
+                      folder / "requests-target-crash.jsonl")
         left["target crash"] = describe(runner.leftovers()).splitlines()
         run_dir = only_run(work_dir)
         saved = _saved_rows(run_dir, "demo-chat")
         resume = _step(runner, ["infer", *chain_args(scenario, work_dir, "--reuse", run_dir.name)],
-                       lmeval_env(**key), work_dir, run_dir, "target")
+                       lmeval_env(**key), work_dir, run_dir, "target", folder / "requests-target-resume.jsonl")
         left["target resume"] = describe(runner.leftovers()).splitlines()
         snapshot = folder / "inferred-snapshot"
         shutil.copytree(run_dir, snapshot, symlinks=True)
@@ -353,12 +367,12 @@ def crash_chain(folder: Path) -> Chain:
                      "STANDIN_LATENCY_SECONDS": "0.05"}
         judge_crash = _step(runner, ["judge", *judge_args(run_dir.name, work_dir, "--restarts", "0")],
                             lmeval_env(**judge_env, STANDIN_CRASH_AFTER_REQUESTS=str(JUDGE_CRASH_AFTER)),
-                            work_dir, run_dir, "judge")
+                            work_dir, run_dir, "judge", folder / "requests-judge-crash.jsonl")
         left["judge crash"] = describe(runner.leftovers()).splitlines()
         tmp = run_dir / "results" / "demo-chat" / "tmp_trivia_replica0.jsonl"
         judged = len([line for line in tmp.read_text().splitlines() if line.strip()]) if tmp.exists() else 0
         judge_resume = _step(runner, ["judge", *judge_args(run_dir.name, work_dir)], lmeval_env(**judge_env),
-                             work_dir, run_dir, "judge")
+                             work_dir, run_dir, "judge", folder / "requests-judge-resume.jsonl")
         left["judge resume"] = describe(runner.leftovers()).splitlines()
         shown = runner.run("results", run_dir.name, "-w", str(work_dir), "--format", "csv", work_dir=work_dir)
     finally:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from scenarios import JUDGE_BATCH, QA_ROWS, ServerWatch, chain_args, make_chain_scenario
+from scenarios import JUDGE_BATCH, MC_ROWS, QA_ROWS, asked, chain_args, make_chain_scenario
 from toolkit import (
     MODELS,
     TOOLS,
@@ -88,9 +88,7 @@ def test_infer_reuse_sends_only_the_prompts_not_yet_answered(chain):
     assert step.stdout.strip() == chain.run_dir.name
     unanswered = {question: 1 for dataset, questions in chain.scenario.questions.items()
                   for index, question in enumerate(questions) if index not in saved[dataset]}
-    seen = step.watch.stats
-    assert seen["by_match"] == unanswered
-    assert seen["requests"] == len(QA_ROWS) + 5 - len(saved["trivia"])
+    assert asked(step.requests, "demo-chat") == unanswered
     assert chain.leftovers_after["target resume"] == []
 
 
@@ -112,8 +110,7 @@ def test_judge_crash_mid_evaluation_then_reuse_sends_the_unjudged_rest(chain):
     assert chain.judged_before_resume == 0 and len(QA_ROWS) <= JUDGE_BATCH
     resume = chain.judge_resume
     assert resume.code == 0, resume.lmeval.transcript()
-    assert resume.watch.stats["judge_requests"] == resume.watch.stats["requests"] \
-        == len(QA_ROWS) - chain.judged_before_resume
+    assert asked(resume.requests, "demo-judge") == {question: 1 for question, *_ in QA_ROWS}
     assert chain.leftovers_after["judge resume"] == []
 
 
@@ -427,17 +424,17 @@ def test_stale_reuse_is_refused_and_changes_nothing(change, extra, message, infe
     assert tree_digest(run_dir) == before
 
 
-def test_redo_moves_the_stale_outputs_aside_and_matches_the_resumed_scores(chain, inferred, lmeval_runner):
+def test_redo_moves_the_stale_outputs_aside_and_matches_the_resumed_scores(chain, inferred, lmeval_runner, tmp_path):
     run_dir, work_dir, scenario = inferred
+    requests = tmp_path / "requests.jsonl"
     old = {path: path.read_bytes() for path in (run_dir / "predictions").rglob("*") if path.is_file()}
     old_fingerprint = read_json(run_dir / "lmeval.json")["fingerprint"]
     args = ["run", *chain_args(scenario, work_dir, "--reuse", run_dir.name, "--temperature", "0.1", "--redo"),
             "--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", "1", "--judge-tp", "1"]
     lm = lmeval_runner.start(*args, work_dir=work_dir,
-                             env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_JUDGE_INVALID="Marlowe"))
-    watch = ServerWatch(run_dir, "target")
+                             env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario.key), STANDIN_JUDGE_INVALID="Marlowe",
+                                                   STANDIN_REQUEST_LOG=str(requests)))
     code = lm.wait(300)
-    seen = watch.stop()
     assert code == 0, lm.transcript()
     stale = [p for p in run_dir.iterdir() if p.name.startswith("stale-")]
     assert len(stale) == 1
@@ -448,7 +445,7 @@ def test_redo_moves_the_stale_outputs_aside_and_matches_the_resumed_scores(chain
         assert (stale[0] / path.relative_to(run_dir)).read_bytes() == data
     assert (stale[0] / "lmeval.json").is_file()
     # Every prompt was sent again, and the scores are those of the crashed-and-resumed run.
-    assert seen.stats["requests"] == len(QA_ROWS) + 5
+    assert asked(requests, "demo-chat") == {question: 1 for question, *_ in QA_ROWS + MC_ROWS}
     assert score_rows(lm.stdout) == score_rows(chain.judge_resume.stdout)
     manifest = read_json(run_dir / "lmeval.json")
     assert manifest["fingerprint"] != old_fingerprint

@@ -6,13 +6,12 @@ are asked twice. A second crash with --restarts 1 fails as a crash always did.""
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import pytest
 
 from lmeval.configgen import JUDGE_BATCH_FACTOR
 from lmeval.plan import in_flight
-from scenarios import MC_ROWS, QA_ROWS, write_scenario
+from scenarios import MC_ROWS, QA_ROWS, asked, write_scenario
 from toolkit import MODELS, TOOLS, leftovers, shown_scores
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
@@ -44,18 +43,6 @@ def target_args(scenario, work_dir, *extra):
 def judge_args(*extra):
     return ["--judge-model", str(MODELS / "demo-judge"), "--judge-gpus", "1", "--judge-tp", "1",
             "--judge-server-args", f"--max-batch-size {CAPACITY}", *extra]
-
-
-def asked(log, model: str, rows=QA_ROWS + MC_ROWS) -> Counter:
-    """How often each question of ROWS reached MODEL's server, from the stand-ins' request log."""
-    questions = [question for question, *_ in rows]
-    counts: Counter[str] = Counter()
-    for line in log.read_text().splitlines():
-        body = json.loads(line)
-        if body["model"] == model:
-            text = body["messages"][-1]["content"]
-            counts[next(question for question in questions if question in text)] += 1
-    return counts
 
 
 def all_questions() -> set[str]:
