@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 import os
 import re
 import secrets
@@ -310,7 +311,8 @@ class StandinServer:
 
 
 def read_records(directory: Path) -> dict[str, dict]:
-    """The recorder's files, by model name: start/bound times and prompt events."""
+    """The recorder's files, by model name: start/bound times, prompt events, and how many
+    prompts each server process answered (replicas: the proxy's split)."""
     out: dict[str, dict] = {}
     for path in sorted(directory.glob("*.jsonl")):
         entry: dict = {"prompts": [], "start": None, "ready": None}
@@ -323,8 +325,10 @@ def read_records(directory: Path) -> dict[str, dict]:
             elif event["event"] == "prompt":
                 entry["prompts"].append(event)
         name = entry.get("model", path.stem)
+        entry["split"] = [len(entry["prompts"])]
         if name in out:  # two processes for one model: keep both sets of prompts
             out[name]["prompts"] += entry["prompts"]
+            out[name]["split"] += entry["split"]
         else:
             out[name] = entry
     return out
@@ -659,20 +663,28 @@ class Bench:
             self.say(f"replicas {count}: {shlex.join(argv)}")
             self.check(run_timed(argv, env, ROOT, self.work / "logs" / f"replicas_{count}.log", a.verbose),
                        f"lmeval infer --replicas {count}")
-            prompts = read_records(records)[MODEL.name]["prompts"]
+            record = read_records(records)[MODEL.name]
+            prompts = record["prompts"]
             span = max(p["end"] for p in prompts) - min(p["start"] for p in prompts)
             ideal = a.replica_prompts / (a.replica_slots * count) * a.replica_seconds
             throughput = len(prompts) / span
             base = base or throughput
-            rows.append([str(count), str(len(prompts)), secs(span), secs(ideal), f"{throughput:.1f}/s",
-                         f"{throughput / base:.2f}x"])
-            self.results[f"replicas_{count}"] = {"prompts": len(prompts), "span": span, "throughput": throughput}
+            split = sorted(record["split"], reverse=True)
+            rounds = math.ceil(split[0] / a.replica_slots)  # of the replica sent the most
+            rows.append([str(count), str(len(prompts)), "/".join(map(str, split)), secs(span), secs(ideal),
+                         secs(rounds * a.replica_seconds), f"{throughput:.1f}/s", f"{throughput / base:.2f}x"])
+            self.results[f"replicas_{count}"] = {"prompts": len(prompts), "split": split, "span": span,
+                                                 "throughput": throughput}
         notes = [f"{a.replica_prompts} multiple-choice prompts through `lmeval infer --replicas N`, each replica a "
                  f"stand-in with {a.replica_slots} slots answering in {a.replica_seconds:g} s, behind the real "
                  "`lmdeploy serve proxy` (min_expected_latency routing). Time: first prompt in a slot -> last answer; "
-                 "ideal: prompts / (slots x N) x answer time. Target: 2 replicas >= 1.8x one."]
+                 "ideal: prompts / (slots x N) x answer time. Target: 2 replicas >= 1.8x one.",
+                 "Per replica: the prompts the proxy sent each. Answers take a constant time, so a replica "
+                 "answers in rounds of its slots, and one prompt over the even split adds a whole round: "
+                 "ideal for the split: the rounds of the replica sent the most x answer time."]
         return [Section("Replicas behind LMDeploy's proxy",
-                        ["replicas", "prompts", "inference time", "ideal", "throughput", "vs 1 replica"], rows, notes)]
+                        ["replicas", "prompts", "per replica", "inference time", "ideal", "ideal for the split",
+                         "throughput", "vs 1 replica"], rows, notes)]
 
     SECTIONS: ClassVar[dict[str, Callable[[Bench], list[Section]]]] = {}
 
