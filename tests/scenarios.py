@@ -7,6 +7,7 @@ and the crash/resume chain several test modules read.
   where it listens, what it answers without the key, when it died.
 - `asked`: how often each question reached a model's server, from the stand-in's request log
   (written as each request arrives, so nothing sent just before a server stops is missed).
+- `sweep_models`: models whose answer keys give each its own scores, for `lmeval run A B C`.
 - `crash_chain`: the run shared by the crash/resume, judge-quality and security tests
   (memoized, so the modules that use it pay for it once).
 """
@@ -381,3 +382,40 @@ def crash_chain(folder: Path) -> Chain:
                   shown, left)
     _CHAIN["chain"] = chain
     return chain
+
+
+# ---------------------------------------------------------------- several models (sweeps)
+
+# Each model's replies: the chain's rows with the first N trivia replies made right or wrong.
+SWEEP_REPLIES = {
+    "alpha": (QA_ROWS, MC_ROWS),
+    "beta": ([(q, gold, gold) for q, gold, _ in QA_ROWS], MC_ROWS),
+    "gamma": ([(q, gold, "no idea") for q, gold, _ in QA_ROWS[:6]] + QA_ROWS[6:],
+              [(q, options, gold, gold) for q, options, gold, _ in MC_ROWS]),
+}
+
+
+def sweep_models(folder: Path, replies: dict[str, tuple[list[QaRow], list[McRow]]]):
+    """Model folders in FOLDER named after REPLIES, the `--dataset` arguments (the same questions
+    for every model), a folder of answer keys (one per model: STANDIN_ANSWER_KEY) and each model's
+    expected scores as the table shows them."""
+    keys = folder / "keys"
+    keys.mkdir()
+    expected, folders = {}, []
+    for name, (qa_rows, mc_rows) in replies.items():
+        qa, mc, key, scores = write_scenario(folder / "data" / name, qa_rows, mc_rows)
+        shutil.copy(key, keys / f"{name}.json")
+        shutil.copytree(MODELS / "demo-chat", folder / "models" / name)
+        folders.append(folder / "models" / name)
+        expected[name] = {dataset: round(score, 2) for dataset, score in scores.items()}
+        datasets = ["--dataset", str(qa), "--dataset", str(mc)]
+    return folders, datasets, keys, expected
+
+
+def run_scores(work_dir: Path) -> dict[str, dict[str, float]]:
+    """Each model's scores, as its run's manifest records them, for every run in WORK_DIR."""
+    scores = {}
+    for run_dir in sorted(work_dir.iterdir()):
+        manifest = json.loads((run_dir / "lmeval.json").read_text())
+        scores[manifest["model_abbr"]] = {entry["dataset"]: entry["value"] for entry in manifest["scores"]}
+    return scores

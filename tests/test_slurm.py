@@ -8,13 +8,14 @@ Each test asserts what a user sees (scores, lines, exit codes), what Slurm holds
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
 
 import httpx
 import pytest
-from scenarios import make_scenario
+from scenarios import SWEEP_REPLIES, make_scenario, run_scores, sweep_models
 from toolkit import MODELS, REAL_LMDEPLOY, TOOLS, read_json, shown_scores, wait_until
 
 pytestmark = [pytest.mark.processes, pytest.mark.slurm, pytest.mark.opencompass, pytest.mark.lmdeploy,
@@ -160,3 +161,29 @@ def test_serve_as_a_job_prints_node_and_url_and_holds_until_ctrl_c(lmeval_runner
     assert [j for j in active_jobs() if j["id"] == job] == []
     assert lmeval_runner.leftovers() == []
     assert json.loads((folder / "servers" / "model.json").read_text())["stopped"] is True
+
+
+def test_several_models_share_one_judge_job_and_score_exactly(lmeval_runner, tmp_path):
+    """`lmeval run alpha beta --launcher slurm`: a job for each model's server, one after the
+    other, and one judge job for both, submitted once and cancelled after the last judging."""
+    folders, datasets, keys, expected = sweep_models(tmp_path, {name: SWEEP_REPLIES[name] for name in ("alpha", "beta")})
+    work_dir = tmp_path / "out"
+    lm = lmeval_runner.run("run", *map(str, folders), *datasets, "--launcher", "slurm", "--partition", "gpu",
+                           "--tp", "4", "--judge-model", str(MODELS / "demo-judge"), "--judge-tp", "4",
+                           "-w", str(work_dir), "--grace", "3", *TOOLS,
+                           env=lmeval_runner.env(STANDIN_ANSWER_KEY=str(keys), STANDIN_REAL_LMDEPLOY=str(REAL_LMDEPLOY)),
+                           work_dir=work_dir, timeout=600)
+    assert lm.poll() == 0, lm.transcript()
+    assert run_scores(work_dir) == expected
+    alpha, beta = sorted(work_dir.iterdir())
+    submitted = [line.split(" (partition")[0] for line in lm.stderr_lines if " server as Slurm job " in line]
+    assert [re.sub(r"job \d+", "job N", line) for line in submitted] == [
+        "lmeval: alpha: submitted target-0 server as Slurm job N", "lmeval: submitted judge-0 server as Slurm job N",
+        "lmeval: beta: submitted target-0 server as Slurm job N"]
+    judge_job = read_json(alpha / "lmeval.json")["servers"]["judge-0"]["job_id"]
+    assert read_json(beta / "lmeval.json")["servers"]["judge-0"]["job_id"] == judge_job
+    evals = [index for index, line in enumerate(lm.stderr_lines) if re.match(r"lmeval: (alpha|beta): eval: ", line)]
+    assert len(evals) == 2
+    assert lm.stderr_lines.index(f"lmeval: stopped judge-0 server (Slurm job {judge_job} cancelled)") > evals[-1]
+    assert run_jobs(alpha.name) == [] and run_jobs(beta.name) == []
+    assert lmeval_runner.leftovers() == []

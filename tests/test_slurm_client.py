@@ -26,6 +26,7 @@ def test_squeue_lines_become_jobs():
 
 @pytest.mark.parametrize("job, shown, finished", [
     (Job("1", "PENDING", "Resources", ""), "pending (Resources)", False),
+    (Job("1", "PENDING", "None", ""), "pending", False),  # not yet looked at by the scheduler
     (Job("1", "RUNNING", "None", "n2"), "running on n2", False),
     (Job("1", "COMPLETING", "None", "n2"), "COMPLETING", False),
     (Job("1", "CANCELLED", "None", "n2"), "CANCELLED", True),

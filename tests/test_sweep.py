@@ -5,48 +5,18 @@ and nothing is left running."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 
 import pytest
 
-from scenarios import MC_ROWS, QA_ROWS, write_scenario
+from scenarios import SWEEP_REPLIES, run_scores, sweep_models
 from toolkit import MODELS, TOOLS, leftovers
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
-# Each model's replies: the chain's rows with the first N trivia replies made right or wrong.
-REPLIES = {
-    "alpha": (QA_ROWS, MC_ROWS),
-    "beta": ([(q, gold, gold) for q, gold, _ in QA_ROWS], MC_ROWS),
-    "gamma": ([(q, gold, "no idea") for q, gold, _ in QA_ROWS[:6]] + QA_ROWS[6:],
-              [(q, options, gold, gold) for q, options, gold, _ in MC_ROWS]),
-}
-
-
 @pytest.fixture
 def models(tmp_path):
-    """Model folders named after REPLIES, the datasets, a folder of keys (one per model) and
-    each model's expected scores."""
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    expected, folders = {}, []
-    for name, (qa_rows, mc_rows) in REPLIES.items():
-        qa, mc, key, scores = write_scenario(tmp_path / "data" / name, qa_rows, mc_rows)
-        shutil.copy(key, keys / f"{name}.json")
-        shutil.copytree(MODELS / "demo-chat", tmp_path / "models" / name)
-        folders.append(tmp_path / "models" / name)
-        expected[name] = {dataset: round(score, 2) for dataset, score in scores.items()}
-        datasets = ["--dataset", str(qa), "--dataset", str(mc)]  # the same questions for every model
-    return folders, datasets, keys, expected
-
-
-def run_scores(work_dir) -> dict[str, dict[str, float]]:
-    scores = {}
-    for run_dir in sorted(work_dir.iterdir()):
-        manifest = json.loads((run_dir / "lmeval.json").read_text())
-        scores[manifest["model_abbr"]] = {entry["dataset"]: entry["value"] for entry in manifest["scores"]}
-    return scores
+    return sweep_models(tmp_path, SWEEP_REPLIES)
 
 
 def run_models(runner, folders, datasets, keys, work_dir, judge_gpus: str, gpus: tuple[str, ...] = ("--gpus", "0"),
@@ -98,15 +68,15 @@ def test_three_models_with_one_judge(models, tmp_path, lmeval_runner):
     # GPU 0 is one model's at a time, in the order given; each is judged by the one judge while the
     # next one is inferred, in that order too.
     assert [event for event in seen if event[1].endswith("target server")] == [
-        (name, f"{verb} target server") for name in REPLIES for verb in ("started", "stopped")]
-    assert [name for name, what in seen if what == "eval"] == list(REPLIES)
+        (name, f"{verb} target server") for name in SWEEP_REPLIES for verb in ("started", "stopped")]
+    assert [name for name, what in seen if what == "eval"] == list(SWEEP_REPLIES)
     runs_of = manifests(work_dir)
     for earlier, later in (("alpha", "beta"), ("beta", "gamma")):
         assert runs_of[later]["stages"]["infer"]["started"] < runs_of[earlier]["stages"]["eval"]["ended"]
     assert len({manifest["servers"]["judge"]["command"] for manifest in runs_of.values()}) == 1
     table = [line for line in result.stdout_lines if line.startswith("│ ")][-2:]
     assert [[cell.strip() for cell in line.split("│")[1:6]] for line in table] == [
-        [dataset, "accuracy", *(f"{expected[name][dataset]:.2f}" for name in REPLIES)] for dataset in ("trivia", "choices")]
+        [dataset, "accuracy", *(f"{expected[name][dataset]:.2f}" for name in expected)] for dataset in ("trivia", "choices")]
     assert leftovers([work_dir]) == []
 
 

@@ -45,14 +45,12 @@ class Job:
         return self.state in FINISHED
 
     def describe(self) -> str:
-        """`pending (Resources)`, `running on n2`, `CANCELLED`, `FAILED (NonZeroExitCode)`."""
-        if self.state == "PENDING":
-            return f"pending ({self.reason})"
+        """`pending (Resources)`, `running on n2`, `CANCELLED`, `FAILED (NonZeroExitCode)`; no
+        reason where Slurm gives none (`None`: a job the scheduler has not looked at yet)."""
         if self.state == "RUNNING":
             return f"running on {self.node}"
-        if self.reason and self.reason != "None":
-            return f"{self.state} ({self.reason})"
-        return self.state
+        why = f" ({self.reason})" if self.reason and self.reason != "None" else ""
+        return f"{'pending' if self.state == 'PENDING' else self.state}{why}"
 
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
