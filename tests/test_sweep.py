@@ -74,6 +74,9 @@ def test_three_models_with_one_judge(models, tmp_path, lmeval_runner):
     for earlier, later in (("alpha", "beta"), ("beta", "gamma")):
         assert runs_of[later]["stages"]["infer"]["started"] < runs_of[earlier]["stages"]["eval"]["ended"]
     assert len({manifest["servers"]["judge"]["command"] for manifest in runs_of.values()}) == 1
+    # Each run waits for the judge once; its later stages only check that it is still up.
+    assert [line for line in result.stderr_lines if "waiting for judge server(s)" in line] == [
+        f"lmeval: {name}: waiting for judge server(s) to load" for name in SWEEP_REPLIES]
     table = [line for line in result.stdout_lines if line.startswith("│ ")][-2:]
     assert [[cell.strip() for cell in line.split("│")[1:6]] for line in table] == [
         [dataset, "accuracy", *(f"{expected[name][dataset]:.2f}" for name in expected)] for dataset in ("trivia", "choices")]

@@ -529,8 +529,10 @@ class Evaluation:
     def wait(self, running: RunningSet, served: ServedModel) -> ServedModel:
         """Wait until RUNNING is ready; SERVED with as many requests in flight as its servers
         hold (on Slurm only known now: each job reports its GPU)."""
-        names = ", ".join(server.spec.role for server in running.replicas)
-        self.app.info(f"waiting for {names} server(s) to load")
+        loading = [server.spec.role for server in running.replicas
+                   if self.manifest.servers[server.spec.role].ready_seconds is None]
+        if loading:  # not said again for a stage that only checks its servers are still up
+            self.app.info(f"waiting for {', '.join(loading)} server(s) to load")
         began = time.time()
 
         def ready(server: Server) -> None:
