@@ -36,10 +36,10 @@ from toolkit import (
     Lmeval,
     Runner,
     describe,
+    health,
     lmeval_env,
     only_run,
     read_json,
-    health,
     running,
     wait_until,
 )
@@ -412,10 +412,13 @@ def sweep_models(folder: Path, replies: dict[str, tuple[list[QaRow], list[McRow]
     return folders, datasets, keys, expected
 
 
+def run_manifests(work_dir: Path) -> dict[str, dict]:
+    """The manifest of every run in WORK_DIR, by its model."""
+    manifests = (read_json(path) for path in sorted(work_dir.glob("*/lmeval.json")))
+    return {manifest["model_abbr"]: manifest for manifest in manifests}
+
+
 def run_scores(work_dir: Path) -> dict[str, dict[str, float]]:
     """Each model's scores, as its run's manifest records them, for every run in WORK_DIR."""
-    scores = {}
-    for run_dir in sorted(work_dir.iterdir()):
-        manifest = json.loads((run_dir / "lmeval.json").read_text())
-        scores[manifest["model_abbr"]] = {entry["dataset"]: entry["value"] for entry in manifest["scores"]}
-    return scores
+    return {model: {entry["dataset"]: entry["value"] for entry in manifest["scores"]}
+            for model, manifest in run_manifests(work_dir).items()}

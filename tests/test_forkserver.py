@@ -14,7 +14,7 @@ import time
 
 import psutil
 import pytest
-from toolkit import running, wait_until
+from toolkit import alive, running, wait_until
 
 from lmeval.forkserver import ForkServer
 from lmeval.launch import TAG_ENV
@@ -79,13 +79,6 @@ def probe(tmp_path, forks, action: str, name: str = "probe") -> OpenCompassProce
                                  tmp_path / f"{name}.log", RUN_ID, forks, "probe:main")
     process.start()
     return process
-
-
-def alive(pid: int) -> bool:
-    try:
-        return running(psutil.Process(pid))
-    except psutil.Error:
-        return False
 
 
 def said(log) -> dict:

@@ -26,7 +26,7 @@ FLAGS_FILE = STANDIN_DIR / 'api_server_flags_0.18.txt'
 sys.path.insert(0, str(STANDIN_DIR))
 
 import standin_server as ss  # noqa: E402
-from toolkit import wait_until  # noqa: E402
+from toolkit import alive, wait_until  # noqa: E402
 
 from lmeval.launch import free_port  # noqa: E402
 from lmeval.readiness import port_open  # noqa: E402
@@ -69,14 +69,6 @@ Judging the correctness of the candidate's answer:"""  # noqa: W291 - verbatim
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def alive(pid: int) -> bool:
-    """True if pid exists and is not a zombie."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            state = f.read().rsplit(')', 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ('Z', 'X')
 
 
 def is_standin_worker(pid: int) -> bool:

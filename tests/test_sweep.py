@@ -4,12 +4,11 @@ and nothing is left running."""
 
 from __future__ import annotations
 
-import json
 import signal
 
 import pytest
 
-from scenarios import SWEEP_REPLIES, run_scores, sweep_models
+from scenarios import SWEEP_REPLIES, run_manifests, run_scores, sweep_models
 from toolkit import MODELS, TOOLS, leftovers
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
@@ -44,14 +43,6 @@ def events(result) -> list[tuple[str, str]]:
     return found
 
 
-def manifests(work_dir) -> dict[str, dict]:
-    found = {}
-    for path in work_dir.glob("*/lmeval.json"):
-        manifest = json.loads(path.read_text())
-        found[manifest["model_abbr"]] = manifest
-    return found
-
-
 @pytest.mark.usefixtures("venvs")
 def test_three_models_with_one_judge(models, tmp_path, lmeval_runner):
     folders, datasets, keys, expected = models
@@ -70,7 +61,7 @@ def test_three_models_with_one_judge(models, tmp_path, lmeval_runner):
     assert [event for event in seen if event[1].endswith("target server")] == [
         (name, f"{verb} target server") for name in SWEEP_REPLIES for verb in ("started", "stopped")]
     assert [name for name, what in seen if what == "eval"] == list(SWEEP_REPLIES)
-    runs_of = manifests(work_dir)
+    runs_of = run_manifests(work_dir)
     for earlier, later in (("alpha", "beta"), ("beta", "gamma")):
         assert runs_of[later]["stages"]["infer"]["started"] < runs_of[earlier]["stages"]["eval"]["ended"]
     assert len({manifest["servers"]["judge"]["command"] for manifest in runs_of.values()}) == 1
@@ -106,7 +97,7 @@ def test_models_go_side_by_side_on_gpu_groups_of_their_own(models, tmp_path, lme
     assert result.poll() == 0, result.transcript()
     assert run_scores(work_dir) == expected
     assert "lmeval: 2 models at a time, on GPUs 0; 1" in result.stderr_lines
-    runs_of = manifests(work_dir)
+    runs_of = run_manifests(work_dir)
     assert {name: manifest["servers"]["target"]["gpus"] for name, manifest in runs_of.items()} == {
         "alpha": [0], "beta": [1], "gamma": [0]}
     alpha, beta = (runs_of[name]["stages"]["infer"] for name in ("alpha", "beta"))
@@ -174,7 +165,7 @@ def test_ctrl_c_stops_every_run_going_at_once(models, tmp_path, lmeval_runner):
     assert "Traceback" not in lm.stderr
     assert any(line.startswith("lmeval: runs that finished keep their scores; resume the others with ")
                for line in lm.stderr_lines)
-    runs_of = manifests(work_dir)
+    runs_of = run_manifests(work_dir)
     assert {name: runs_of[name]["stages"]["infer"]["status"] for name in ("alpha", "beta")} == {
         "alpha": "interrupted", "beta": "interrupted"}
     assert not any(line.startswith("lmeval: gamma: started") for line in lm.stderr_lines)

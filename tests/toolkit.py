@@ -86,6 +86,14 @@ def running(process: psutil.Process) -> bool:
         return False
 
 
+def alive(pid: int) -> bool:
+    """Whether process PID runs (a pid that is gone, or a zombie, has ended)."""
+    try:
+        return running(psutil.Process(pid))
+    except psutil.Error:
+        return False
+
+
 def processes_where(select: Callable[[dict[str, str]], bool]) -> list[psutil.Process]:
     """Running processes (zombies left out) whose environment SELECT accepts."""
     found = []
