@@ -44,6 +44,10 @@ Environment variables (the real CLI has no such flags):
                              (chat) / the prompt (completions) is returned.
                              A folder: the key is FOLDER/<model name>.json
                              (a key per model; none if that file is absent).
+                             An entry may give "replies": [text, ...] instead
+                             of "reply": the k-th prompt of this process that
+                             matches it gets replies[k % len] (a question asked
+                             n times then gets each reply n / len times).
   STANDIN_DEFAULT_REPLY      reply when nothing matches (default
                              "I don't know.").
   STANDIN_JUDGE_INVALID      comma-separated markers; in judge mode, if the
@@ -292,11 +296,15 @@ def load_answer_key(path: str | None) -> list[dict]:
         return []
     with open(path, encoding='utf-8') as f:
         data = json.load(f)
-    if not isinstance(data, list) or not all(
-            isinstance(e, dict) and isinstance(e.get('match'), str)
-            and isinstance(e.get('reply'), str) for e in data):
+    def valid(entry) -> bool:
+        if not isinstance(entry, dict) or not isinstance(entry.get('match'), str):
+            return False
+        replies = entry.get('replies', [entry.get('reply')])
+        return isinstance(replies, list) and bool(replies) and all(isinstance(r, str) for r in replies)
+
+    if not isinstance(data, list) or not all(valid(e) for e in data):
         raise ValueError(f'{path}: the answer key must be a JSON list of '
-                         '{"match": str, "reply": str}')
+                         '{"match": str, "reply": str} or {"match": str, "replies": [str, ...]}')
     return data
 
 
@@ -308,15 +316,21 @@ class Answerer:
         self.answer_key = answer_key
         self.default_reply = default_reply
         self.invalid_markers = invalid_markers
+        self.asked = collections.Counter()  # entry index -> prompts that matched it so far
+        self.lock = threading.Lock()
 
     def answer(self, text: str) -> tuple[str, str, str | None]:
         """Return (reply, kind, match) with kind in judge|key|default."""
         fields = extract_judge_fields(text)
         if fields is not None:
             return judge_reply(fields[0], fields[1], self.invalid_markers), 'judge', None
-        for entry in self.answer_key:
+        for index, entry in enumerate(self.answer_key):
             if entry['match'] in text:
-                return entry['reply'], 'key', entry['match']
+                replies = entry.get('replies', [entry.get('reply')])
+                with self.lock:
+                    turn = self.asked[index]
+                    self.asked[index] += 1
+                return replies[turn % len(replies)], 'key', entry['match']
         return self.default_reply, 'default', None
 
 

@@ -1,0 +1,317 @@
+"""The chat suite in miniature: a few items of each of its six datasets, written exactly where and
+how OpenCompass 0.5.4's own loaders read them, the stand-in's answer key for them, and the score
+every summary row must show, computed here from the items and the key alone.
+
+Where each dataset lives (OpenCompass's `get_data_path` and the loaders, read in its source):
+
+    COMPASS_DATA_CACHE/data/aime2025/aime2025.jsonl        CustomDataset: {question, answer}
+    COMPASS_DATA_CACHE/data/gpqa/gpqa_diamond.csv          GPQADataset: the Idavidrein/gpqa CSV
+                                                           (column 7 the question, 8-11 the options,
+                                                           the right one first; shuffled by row)
+    COMPASS_DATA_CACHE/data/ifeval/input_data.jsonl        IFEvalDataset: Google's IFEval rows
+    COMPASS_DATA_CACHE/data/code_generation_lite/          LCBCodeGenerationDataset: the Hugging
+                                                           Face dataset folder (loading script,
+                                                           test6.jsonl for v6)
+    COMPASS_DATA_CACHE/data/mmlu_pro/data/*.parquet        MMLUProDataset: TIGER-Lab/MMLU-Pro
+    HF_DATASETS_CACHE/cais___hle/default/0.0.0/COMMIT/     HLEDataset: load_dataset('cais/hle')
+
+Items are answered right, wrong and unparseably; repeated datasets get replies that vary from one
+asking to the next (the stand-in's `replies`), so a question is k of n right. LiveCodeBench's
+programs are run by OpenCompass's own evaluator: a right one, a wrong answer, a runtime error and
+a time-out. IFEval's replies are checked by its own checker (sentence and word counts, a language
+by langdetect, lower case).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import re
+import shutil
+import subprocess
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+
+from scenarios import judge_agrees
+from toolkit import VENVS
+
+HERE = Path(__file__).resolve().parent / "suite_data"
+INVALID_MARKER = "[unsure]"  # the stand-in judge replies neither A nor B to an answer holding it (STANDIN_JUDGE_INVALID)
+
+
+def without_reasoning(reply: str) -> str:
+    """What the judge sees of a reply: OpenCompass's extract_non_reasoning_content drops <think>...</think>."""
+    return re.sub(r"<think>.*?</think>", "", reply, flags=re.DOTALL).strip()
+
+
+def judged_right(reply: str, gold: str) -> bool:
+    return INVALID_MARKER not in reply and judge_agrees(without_reasoning(reply), gold)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question: the text that identifies it in a prompt, and the replies the stand-in cycles
+    through for it (one reply: the same each time)."""
+
+    marker: str
+    replies: tuple[str, ...]
+    right: tuple[bool, ...]  # whether each reply is scored right, decided here (never by a run)
+
+    @property
+    def share(self) -> float:
+        """The share of its n answers scored right (n a multiple of len(replies))."""
+        return mean(self.right)
+
+
+# ---------------------------------------------------------------- AIME 2025 (judged, 32 runs)
+
+AIME = [  # (question, gold, replies)
+    ("[aime-1] Find the remainder when 2 to the 10th power is divided by 1000.", "24",
+     ("<think>2 to the 10th is 1024.</think>24",)),
+    ("[aime-2] How many positive divisors does 5040 have that are multiples of 36?", "12", ("12", "13")),
+    ("[aime-3] Find the number of ordered pairs of integers with a product of 588.", "36", (f"36 {INVALID_MARKER}",)),
+]
+
+# ---------------------------------------------------------------- GPQA diamond (rule, then judge, 4 runs)
+
+GPQA = [  # (question, [right option, three wrong ones], replies as functions of the gold letter)
+    ("[gpqa-1] Which particle mediates the electromagnetic force?", ["photon", "gluon", "W boson", "graviton"],
+     lambda gold: (f"It is the photon.\nANSWER: {gold}",)),
+    ("[gpqa-2] What is the oxidation state of Mn in KMnO4?", ["+7", "+2", "+4", "+6"],
+     lambda gold: (gold,)),  # no 'ANSWER:': the rule misses it, the judge finds it right
+    ("[gpqa-3] Which organelle holds most of a cell's ATP synthase?", ["mitochondrion", "nucleus", "ribosome", "Golgi"],
+     lambda gold: (f"ANSWER: {'A' if gold != 'A' else 'B'}",)),
+    ("[gpqa-4] What is the spin of a deuteron?", ["1", "0", "1/2", "3/2"],
+     lambda gold: (f"ANSWER: {gold}", f"ANSWER: {'A' if gold != 'A' else 'B'}")),
+]
+GPQA_SHUFFLES = ("ABCD", "BCDA", "CDAB", "DABC")  # row k (from 1) is shown as GPQA_SHUFFLES[k % 4]
+GPQA_RULE = re.compile(r"(?i)ANSWER\s*:\s*([A-D])")
+
+
+def gpqa_gold(row: int) -> str:
+    """The letter the right option (the CSV's first) is shown under, for data row ROW (from 1)."""
+    return "ABCD"[GPQA_SHUFFLES[row % 4].index("A")]
+
+
+def gpqa_right(reply: str, gold: str) -> bool:
+    """The cascade: right by the rule (the last line's letter), else by the judge."""
+    found = GPQA_RULE.search(reply)
+    return bool(found and found.group(1) == gold) or judged_right(reply, gold)
+
+
+# ---------------------------------------------------------------- IFEval (rule)
+
+IFEVAL = [  # (prompt, instruction ids, their kwargs, reply, follows every instruction)
+    ("[ifeval-1] Describe a cat in fewer than 3 sentences.", ["length_constraints:number_sentences"],
+     [{"relation": "less than", "num_sentences": 3}], "Cats are small hunters. They sleep most of the day.", True),
+    ("[ifeval-2] Describe a dog in fewer than 3 sentences.", ["length_constraints:number_sentences"],
+     [{"relation": "less than", "num_sentences": 3}],
+     "Dogs are loyal. They like to run. They bark at strangers. They love their owners.", False),
+    ("[ifeval-3] Describe the sea. Your entire response should be in French, no other language is allowed.",
+     ["language:response_language"], [{"language": "fr"}],
+     "La mer est immense et profonde, elle change de couleur avec le ciel et les saisons de l'année.", True),
+    ("[ifeval-4] Explain what rain is. Answer with at least 30 words.", ["length_constraints:number_words"],
+     [{"relation": "at least", "num_words": 30}], "Rain is water falling from clouds.", False),
+    ("[ifeval-5] Describe a tree. Your entire response should be in English, and in all lowercase letters.",
+     ["change_case:english_lowercase"], [{}],
+     "a tree is a tall plant with a woody trunk, many branches and green leaves that fall in the autumn.", True),
+]
+
+# ---------------------------------------------------------------- LiveCodeBench v6 (runs the code, 6 runs)
+
+
+def fenced(code: str) -> str:
+    return f"Here is my solution.\n```python\n{code}\n```"
+
+
+SUM_RIGHT = "a, b = map(int, input().split())\nprint(a + b)"
+SUM_WRONG = "a, b = map(int, input().split())\nprint(a - b)"
+RUNTIME_ERROR = "a, b = map(int, input().split())\nprint(a // 0)"
+TIME_OUT = "a, b = map(int, input().split())\nwhile True:\n    a += 1"
+ADD_RIGHT = "class Solution:\n    def addNumbers(self, a: int, b: int) -> int:\n        return a + b"
+
+STDIN_TESTS = [("1 2\n", "3\n"), ("5 7\n", "12\n")]
+LCB = [  # (title, question, starter code, function name, [(input, output)], replies, each right or not)
+    ("A plus B", "[lcb-1] Read two integers and print their sum.", "", None, STDIN_TESTS,
+     (SUM_RIGHT, SUM_RIGHT, SUM_WRONG), (True, True, False)),
+    ("A minus nothing", "[lcb-2] Read two integers and print their sum, again.", "", None, STDIN_TESTS,
+     (SUM_WRONG,), (False,)),
+    ("Division", "[lcb-3] Read two integers and print their sum, once more.", "", None, STDIN_TESTS,
+     (RUNTIME_ERROR,), (False,)),
+    ("Slow", "[lcb-4] Read two integers and print their sum, quickly.", "", None, [("1 2\n", "3\n")],
+     (TIME_OUT, SUM_WRONG, SUM_WRONG, SUM_WRONG, SUM_WRONG, SUM_WRONG), (False,) * 6),
+    ("Add numbers", "[lcb-5] Return the sum of a and b.",
+     "class Solution:\n    def addNumbers(self, a: int, b: int) -> int:\n        ", "addNumbers",
+     [("1\n2", "3"), ("-4\n10", "6")], (ADD_RIGHT,), (True,)),
+]
+
+# ---------------------------------------------------------------- MMLU-Pro (judged, 14 categories)
+
+MMLU_PRO_CATEGORIES = ["math", "physics", "chemistry", "law", "engineering", "other", "economics", "health",
+                       "psychology", "business", "biology", "philosophy", "computer science", "history"]
+# Per category, whether each of its questions is answered right: math and physics hold several.
+MMLU_PRO_RIGHT = {category: [position % 2 == 0] for position, category in enumerate(MMLU_PRO_CATEGORIES)}
+MMLU_PRO_RIGHT["math"] = [True, True, False]
+MMLU_PRO_RIGHT["physics"] = [False, True]
+LETTERS = "ABCDEFGHIJ"
+
+# ---------------------------------------------------------------- HLE (judged)
+
+HLE = [  # (question, gold, reply, whether it has an image: those OpenCompass leaves out)
+    ("[hle-1] What is the smallest prime greater than 100?", "101", "101", False),
+    ("[hle-2] How many edges does a dodecahedron have?", "30", "30", False),
+    ("[hle-3] What is the chromatic number of the Petersen graph?", "3", "4", False),
+    ("[hle-4] Which shape is shown in the image?", "circle", "circle", True),
+]
+
+
+@dataclass
+class SuiteData:
+    root: Path
+    compass: Path  # COMPASS_DATA_CACHE
+    hf_datasets: Path  # HF_DATASETS_CACHE
+    key: Path  # the stand-in's answer key
+    items: dict[str, list[Item]] = field(default_factory=dict)  # summary dataset -> its questions
+    expected: dict[str, float] = field(default_factory=dict)  # summary row (dataset) -> its score
+
+    def env(self) -> dict[str, str]:
+        """What a user's shell holds for the data, and the stand-in's key."""
+        return {"COMPASS_DATA_CACHE": str(self.compass), "HF_HOME": str(self.hf_datasets.parent),
+                "STANDIN_ANSWER_KEY": str(self.key), "STANDIN_JUDGE_INVALID": INVALID_MARKER}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _private_tests(cases: list[dict]) -> str:
+    """LiveCodeBench's encoding of the hidden tests: base64 of zlib of a pickled JSON string."""
+    return base64.b64encode(zlib.compress(pickle.dumps(json.dumps(cases)))).decode()
+
+
+def write_suite(root: Path, hle: bool = True) -> SuiteData:
+    """The six datasets (HLE left out with HLE=False) under ROOT, the answer key, the expected scores."""
+    suite = SuiteData(root, root / "compass", root / "hf" / "datasets", root / "key.json")
+    data = suite.compass / "data"
+    key: list[dict] = []
+
+    def answer(marker: str, replies: tuple[str, ...], right: tuple[bool, ...]) -> Item:
+        key.append({"match": marker, "replies": list(replies)})
+        return Item(marker, replies, right)
+
+    def marker(text: str) -> str:
+        return text[:text.index("]") + 1]
+
+    # AIME
+    _jsonl(data / "aime2025" / "aime2025.jsonl", [{"question": q, "answer": gold} for q, gold, _ in AIME])
+    suite.items["aime2025_repeat_32"] = [
+        answer(marker(q), replies, tuple(judged_right(reply, gold) for reply in replies)) for q, gold, replies in AIME]
+
+    # GPQA: the real CSV's columns, the right option first
+    header = ["Pre-Revision Question", "Pre-Revision Correct Answer", "Pre-Revision Incorrect Answer 1",
+              "Pre-Revision Incorrect Answer 2", "Pre-Revision Incorrect Answer 3", "Pre-Revision Explanation",
+              "Self-reported question-writing time (minutes)", "Question", "Correct Answer", "Incorrect Answer 1",
+              "Incorrect Answer 2", "Incorrect Answer 3", "Explanation", "Subdomain"]
+    import csv
+    import io
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(header)
+    gpqa_items = []
+    for row, (question, options, replies_for) in enumerate(GPQA, start=1):
+        writer.writerow(["", "", "", "", "", "", "5", question, *options, "because", "Physics"])
+        gold = gpqa_gold(row)
+        replies = replies_for(gold)
+        gpqa_items.append(answer(marker(question), replies, tuple(gpqa_right(reply, gold) for reply in replies)))
+    (data / "gpqa").mkdir(parents=True)
+    (data / "gpqa" / "gpqa_diamond.csv").write_text(table.getvalue(), encoding="utf-8")
+    suite.items["GPQA_diamond_repeat_4"] = gpqa_items
+
+    # IFEval: kwargs as the real file has them, every argument of the checker present, unused ones null
+    unused = {"num_highlights": None, "num_paragraphs": None, "keywords": None, "num_bullets": None}
+    _jsonl(data / "ifeval" / "input_data.jsonl", [
+        {"key": 1000 + position, "prompt": prompt, "instruction_id_list": ids,
+         "kwargs": [{**unused, **kwargs} for kwargs in kwargs_list]}
+        for position, (prompt, ids, kwargs_list, _, _) in enumerate(IFEVAL)])
+    suite.items["IFEval"] = [answer(marker(prompt), (reply,), (follows,))
+                             for prompt, _, _, reply, follows in IFEVAL]
+
+    # LiveCodeBench: the Hugging Face folder, v6's shard
+    lcb = data / "code_generation_lite"
+    lcb.mkdir(parents=True)
+    shutil.copy(HERE / "code_generation_lite.py", lcb / "code_generation_lite.py")
+    rows = []
+    for position, (title, question, starter, function, tests, replies, right) in enumerate(LCB):
+        testtype = "functional" if function else "stdin"
+        cases = [{"input": given, "output": wanted, "testtype": testtype} for given, wanted in tests]
+        rows.append({"question_title": title, "question_content": question,
+                     "platform": "leetcode" if function else "atcoder", "question_id": f"lcb{position + 1}",
+                     "contest_id": "weekly-400", "contest_date": "2025-03-01T00:00:00", "starter_code": starter,
+                     "difficulty": "easy", "public_test_cases": json.dumps(cases[:1]),
+                     "private_test_cases": _private_tests(cases[1:]),
+                     "metadata": json.dumps({"func_name": function} if function else {})})
+        assert len(right) == len(replies)
+    _jsonl(lcb / "test6.jsonl", rows)
+    suite.items["lcb_code_generation_repeat_6"] = [
+        answer(marker(question), tuple(fenced(reply) for reply in replies), right)
+        for _, question, _, _, _, replies, right in LCB]
+
+    # MMLU-Pro: ten options, the gold letter varying
+    test_rows, validation_rows, mmlu_items = [], [], {}
+    for category in MMLU_PRO_CATEGORIES:
+        for position, right in enumerate(MMLU_PRO_RIGHT[category]):
+            number = len(test_rows)
+            gold = LETTERS[number % len(LETTERS)]
+            question = f"[mmlu-{number}] A question of {category}, number {position}: which option is right?"
+            test_rows.append({"question_id": number, "question": question,
+                              "options": [f"option {letter}" for letter in LETTERS], "answer": gold,
+                              "answer_index": LETTERS.index(gold), "cot_content": "", "category": category,
+                              "src": f"ori_mmlu-{category}"})
+            reply = gold if right else LETTERS[(number + 1) % len(LETTERS)]
+            mmlu_items.setdefault(category, []).append(answer(marker(question), (reply,), (judged_right(reply, gold),)))
+        validation_rows.append({"question_id": 10_000 + len(validation_rows), "question": f"An example of {category}.",
+                                "options": ["yes", "no"], "answer": "A", "answer_index": 0,
+                                "cot_content": "A: Let's think step by step. Yes.", "category": category,
+                                "src": f"ori_mmlu-{category}"})
+    for category, items in mmlu_items.items():
+        suite.items[f"mmlu_pro_{category.replace(' ', '_')}"] = items
+
+    spec = {"mmlu_pro_dir": str(data / "mmlu_pro"), "mmlu_pro": {"test": test_rows, "validation": validation_rows},
+            "hf_datasets_cache": str(suite.hf_datasets), "hle": None}
+    if hle:
+        spec["hle"] = [{"id": f"hle{position}", "question": question,
+                        "image": "data:image/png;base64,iVBORw0KGgo=" if image else "", "image_preview": None,
+                        "answer": gold, "answer_type": "exactMatch", "author_name": "lmeval",
+                        "rationale": "", "rationale_image": None, "raw_subject": "Mathematics",
+                        "category": "Math", "canary": "lmeval test data"}
+                       for position, (question, gold, _, image) in enumerate(HLE)]
+        suite.items["hle_llmjudge"] = [answer(marker(q), (reply,), (judged_right(reply, gold),))
+                                       for q, gold, reply, image in HLE if not image]
+        for q, _, reply, image in HLE:
+            if image:  # never asked: its reply would be right, so asking it would show
+                answer(marker(q), (reply,), (True,))
+    spec_path = root / "tables.json"
+    spec_path.write_text(json.dumps(spec))
+    subprocess.run([str(VENVS / "opencompass" / "bin" / "python"), str(HERE / "tables.py"), str(spec_path)],
+                   check=True, capture_output=True, timeout=300)
+    suite.key.write_text(json.dumps(key))
+    suite.expected = expected_scores(suite.items)
+    return suite
+
+
+def expected_scores(items: dict[str, list[Item]]) -> dict[str, float]:
+    """Each summary row's score in percent: a dataset's mean over its questions of the share of
+    its answers right (over n runs, the runs' average is that too), mmlu_pro the mean of its
+    categories, core_average the mean of the six."""
+    scores = {name: 100 * mean(item.share for item in questions) for name, questions in items.items()}
+    categories = [name for name in scores if name.startswith("mmlu_pro_")]
+    scores["mmlu_pro"] = mean(scores[name] for name in categories)
+    core = ["aime2025_repeat_32", "GPQA_diamond_repeat_4", "IFEval", "lcb_code_generation_repeat_6", "mmlu_pro",
+            "hle_llmjudge"]
+    if all(name in scores for name in core):
+        scores["core_average"] = mean(scores[name] for name in core)
+    return scores
