@@ -25,18 +25,20 @@ by langdetect, lower case).
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import pickle
 import re
 import shutil
 import subprocess
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
 from scenarios import judge_agrees
-from toolkit import VENVS
+from toolkit import MODELS, TOOLS, VENVS, Lmeval, Runner, describe, lmeval_env, only_run
 
 HERE = Path(__file__).resolve().parent / "suite_data"
 INVALID_MARKER = "[unsure]"  # the stand-in judge replies neither A nor B to an answer holding it (STANDIN_JUDGE_INVALID)
@@ -168,19 +170,37 @@ HLE = [  # (question, gold, reply, whether it has an image: those OpenCompass le
 ]
 
 
+# The replies of a second model to some questions (by marker, in each table's own terms), for
+# a second run to compare with the first.
+OTHER_REPLIES = {
+    "[aime-1]": ("25",),
+    "[aime-2]": ("12",),
+    "[gpqa-3]": lambda gold: (f"ANSWER: {gold}",),
+    "[ifeval-2]": ("Dogs are loyal. They bark at strangers.", True),
+}
+
+
+@dataclass
+class Key:
+    """One model's answer key, and what it scores."""
+
+    path: Path
+    items: dict[str, list[Item]]  # summary dataset -> its questions, in order
+    expected: dict[str, float]  # summary row (dataset) -> its score in percent
+
+
 @dataclass
 class SuiteData:
     root: Path
     compass: Path  # COMPASS_DATA_CACHE
-    hf_datasets: Path  # HF_DATASETS_CACHE
-    key: Path  # the stand-in's answer key
-    items: dict[str, list[Item]] = field(default_factory=dict)  # summary dataset -> its questions
-    expected: dict[str, float] = field(default_factory=dict)  # summary row (dataset) -> its score
+    hf_datasets: Path  # HF_DATASETS_CACHE, under HF_HOME
+    key: Key  # the first model's
+    other: Key  # a second model's (OTHER_REPLIES)
 
-    def env(self) -> dict[str, str]:
-        """What a user's shell holds for the data, and the stand-in's key."""
+    def env(self, key: Key | None = None) -> dict[str, str]:
+        """What a user's shell holds for the data, and the stand-in's settings for KEY (the first)."""
         return {"COMPASS_DATA_CACHE": str(self.compass), "HF_HOME": str(self.hf_datasets.parent),
-                "STANDIN_ANSWER_KEY": str(self.key), "STANDIN_JUDGE_INVALID": INVALID_MARKER}
+                "STANDIN_ANSWER_KEY": str((key or self.key).path), "STANDIN_JUDGE_INVALID": INVALID_MARKER}
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
@@ -193,43 +213,42 @@ def _private_tests(cases: list[dict]) -> str:
     return base64.b64encode(zlib.compress(pickle.dumps(json.dumps(cases)))).decode()
 
 
-def write_suite(root: Path, hle: bool = True) -> SuiteData:
-    """The six datasets (HLE left out with HLE=False) under ROOT, the answer key, the expected scores."""
-    suite = SuiteData(root, root / "compass", root / "hf" / "datasets", root / "key.json")
+def _marker(text: str) -> str:
+    return text[:text.index("]") + 1]
+
+
+def _mmlu_pro_rows() -> list[tuple[str, dict, bool]]:
+    """(category, test row, answered right) of each MMLU-Pro question: ten options, the gold letter varying."""
+    rows = []
+    for category in MMLU_PRO_CATEGORIES:
+        for position, right in enumerate(MMLU_PRO_RIGHT[category]):
+            number = len(rows)
+            gold = LETTERS[number % len(LETTERS)]
+            question = f"[mmlu-{number}] A question of {category}, number {position}: which option is right?"
+            rows.append((category, {"question_id": number, "question": question,
+                                    "options": [f"option {letter}" for letter in LETTERS], "answer": gold,
+                                    "answer_index": LETTERS.index(gold), "cot_content": "", "category": category,
+                                    "src": f"ori_mmlu-{category}"}, right))
+    return rows
+
+
+def write_data(suite: SuiteData, hle: bool) -> None:
+    """The datasets' files, where OpenCompass reads them."""
     data = suite.compass / "data"
-    key: list[dict] = []
-
-    def answer(marker: str, replies: tuple[str, ...], right: tuple[bool, ...]) -> Item:
-        key.append({"match": marker, "replies": list(replies)})
-        return Item(marker, replies, right)
-
-    def marker(text: str) -> str:
-        return text[:text.index("]") + 1]
-
-    # AIME
     _jsonl(data / "aime2025" / "aime2025.jsonl", [{"question": q, "answer": gold} for q, gold, _ in AIME])
-    suite.items["aime2025_repeat_32"] = [
-        answer(marker(q), replies, tuple(judged_right(reply, gold) for reply in replies)) for q, gold, replies in AIME]
 
     # GPQA: the real CSV's columns, the right option first
     header = ["Pre-Revision Question", "Pre-Revision Correct Answer", "Pre-Revision Incorrect Answer 1",
               "Pre-Revision Incorrect Answer 2", "Pre-Revision Incorrect Answer 3", "Pre-Revision Explanation",
               "Self-reported question-writing time (minutes)", "Question", "Correct Answer", "Incorrect Answer 1",
               "Incorrect Answer 2", "Incorrect Answer 3", "Explanation", "Subdomain"]
-    import csv
-    import io
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(header)
-    gpqa_items = []
-    for row, (question, options, replies_for) in enumerate(GPQA, start=1):
+    for question, options, _ in GPQA:
         writer.writerow(["", "", "", "", "", "", "5", question, *options, "because", "Physics"])
-        gold = gpqa_gold(row)
-        replies = replies_for(gold)
-        gpqa_items.append(answer(marker(question), replies, tuple(gpqa_right(reply, gold) for reply in replies)))
     (data / "gpqa").mkdir(parents=True)
     (data / "gpqa" / "gpqa_diamond.csv").write_text(table.getvalue(), encoding="utf-8")
-    suite.items["GPQA_diamond_repeat_4"] = gpqa_items
 
     # IFEval: kwargs as the real file has them, every argument of the checker present, unused ones null
     unused = {"num_highlights": None, "num_paragraphs": None, "keywords": None, "num_bullets": None}
@@ -237,15 +256,13 @@ def write_suite(root: Path, hle: bool = True) -> SuiteData:
         {"key": 1000 + position, "prompt": prompt, "instruction_id_list": ids,
          "kwargs": [{**unused, **kwargs} for kwargs in kwargs_list]}
         for position, (prompt, ids, kwargs_list, _, _) in enumerate(IFEVAL)])
-    suite.items["IFEval"] = [answer(marker(prompt), (reply,), (follows,))
-                             for prompt, _, _, reply, follows in IFEVAL]
 
     # LiveCodeBench: the Hugging Face folder, v6's shard
     lcb = data / "code_generation_lite"
     lcb.mkdir(parents=True)
     shutil.copy(HERE / "code_generation_lite.py", lcb / "code_generation_lite.py")
     rows = []
-    for position, (title, question, starter, function, tests, replies, right) in enumerate(LCB):
+    for position, (title, question, starter, function, tests, _, _) in enumerate(LCB):
         testtype = "functional" if function else "stdin"
         cases = [{"input": given, "output": wanted, "testtype": testtype} for given, wanted in tests]
         rows.append({"question_title": title, "question_content": question,
@@ -254,33 +271,15 @@ def write_suite(root: Path, hle: bool = True) -> SuiteData:
                      "difficulty": "easy", "public_test_cases": json.dumps(cases[:1]),
                      "private_test_cases": _private_tests(cases[1:]),
                      "metadata": json.dumps({"func_name": function} if function else {})})
-        assert len(right) == len(replies)
     _jsonl(lcb / "test6.jsonl", rows)
-    suite.items["lcb_code_generation_repeat_6"] = [
-        answer(marker(question), tuple(fenced(reply) for reply in replies), right)
-        for _, question, _, _, _, replies, right in LCB]
 
-    # MMLU-Pro: ten options, the gold letter varying
-    test_rows, validation_rows, mmlu_items = [], [], {}
-    for category in MMLU_PRO_CATEGORIES:
-        for position, right in enumerate(MMLU_PRO_RIGHT[category]):
-            number = len(test_rows)
-            gold = LETTERS[number % len(LETTERS)]
-            question = f"[mmlu-{number}] A question of {category}, number {position}: which option is right?"
-            test_rows.append({"question_id": number, "question": question,
-                              "options": [f"option {letter}" for letter in LETTERS], "answer": gold,
-                              "answer_index": LETTERS.index(gold), "cot_content": "", "category": category,
-                              "src": f"ori_mmlu-{category}"})
-            reply = gold if right else LETTERS[(number + 1) % len(LETTERS)]
-            mmlu_items.setdefault(category, []).append(answer(marker(question), (reply,), (judged_right(reply, gold),)))
-        validation_rows.append({"question_id": 10_000 + len(validation_rows), "question": f"An example of {category}.",
-                                "options": ["yes", "no"], "answer": "A", "answer_index": 0,
-                                "cot_content": "A: Let's think step by step. Yes.", "category": category,
-                                "src": f"ori_mmlu-{category}"})
-    for category, items in mmlu_items.items():
-        suite.items[f"mmlu_pro_{category.replace(' ', '_')}"] = items
-
-    spec = {"mmlu_pro_dir": str(data / "mmlu_pro"), "mmlu_pro": {"test": test_rows, "validation": validation_rows},
+    # MMLU-Pro (parquet) and HLE (a datasets cache), written in OpenCompass's venv
+    validation = [{"question_id": 10_000 + position, "question": f"An example of {category}.", "options": ["yes", "no"],
+                   "answer": "A", "answer_index": 0, "cot_content": "A: Let's think step by step. Yes.",
+                   "category": category, "src": f"ori_mmlu-{category}"}
+                  for position, category in enumerate(MMLU_PRO_CATEGORIES)]
+    spec = {"mmlu_pro_dir": str(data / "mmlu_pro"),
+            "mmlu_pro": {"test": [row for _, row, _ in _mmlu_pro_rows()], "validation": validation},
             "hf_datasets_cache": str(suite.hf_datasets), "hle": None}
     if hle:
         spec["hle"] = [{"id": f"hle{position}", "question": question,
@@ -289,17 +288,52 @@ def write_suite(root: Path, hle: bool = True) -> SuiteData:
                         "rationale": "", "rationale_image": None, "raw_subject": "Mathematics",
                         "category": "Math", "canary": "lmeval test data"}
                        for position, (question, gold, _, image) in enumerate(HLE)]
-        suite.items["hle_llmjudge"] = [answer(marker(q), (reply,), (judged_right(reply, gold),))
-                                       for q, gold, reply, image in HLE if not image]
-        for q, _, reply, image in HLE:
-            if image:  # never asked: its reply would be right, so asking it would show
-                answer(marker(q), (reply,), (True,))
-    spec_path = root / "tables.json"
+    spec_path = suite.root / "tables.json"
     spec_path.write_text(json.dumps(spec))
     subprocess.run([str(VENVS / "opencompass" / "bin" / "python"), str(HERE / "tables.py"), str(spec_path)],
                    check=True, capture_output=True, timeout=300)
-    suite.key.write_text(json.dumps(key))
-    suite.expected = expected_scores(suite.items)
+
+
+def write_key(path: Path, other: dict, hle: bool) -> Key:
+    """The stand-in's key at PATH, each question's replies from the tables (or OTHER, by marker),
+    and whether each reply is scored right, decided here."""
+    key: list[dict] = []
+    items: dict[str, list[Item]] = {}
+
+    def answer(dataset: str, marker: str, replies: tuple[str, ...], right: tuple[bool, ...]) -> None:
+        key.append({"match": marker, "replies": list(replies)})
+        if dataset:
+            items.setdefault(dataset, []).append(Item(marker, replies, right))
+
+    for question, gold, replies in AIME:
+        replies = other.get(_marker(question), replies)
+        answer("aime2025_repeat_32", _marker(question), replies, tuple(judged_right(r, gold) for r in replies))
+    for row, (question, _, replies_for) in enumerate(GPQA, start=1):
+        gold = gpqa_gold(row)
+        replies = other.get(_marker(question), replies_for)(gold)
+        answer("GPQA_diamond_repeat_4", _marker(question), replies, tuple(gpqa_right(r, gold) for r in replies))
+    for prompt, _, _, reply, follows in IFEVAL:
+        reply, follows = other.get(_marker(prompt), (reply, follows))
+        answer("IFEval", _marker(prompt), (reply,), (follows,))
+    for _, question, _, _, _, replies, right in LCB:
+        assert len(right) == len(replies)
+        answer("lcb_code_generation_repeat_6", _marker(question), tuple(fenced(r) for r in replies), right)
+    for category, row, right in _mmlu_pro_rows():
+        reply = row["answer"] if right else LETTERS[(row["question_id"] + 1) % len(LETTERS)]
+        answer(f"mmlu_pro_{category.replace(' ', '_')}", _marker(row["question"]), (reply,),
+               (judged_right(reply, row["answer"]),))
+    for question, gold, reply, image in HLE:
+        # One with an image is never asked (OpenCompass leaves it out): its reply would be right, so asking it shows.
+        answer("" if image or not hle else "hle_llmjudge", _marker(question), (reply,), (judged_right(reply, gold),))
+    path.write_text(json.dumps(key))
+    return Key(path, items, expected_scores(items))
+
+
+def write_suite(root: Path, hle: bool = True) -> SuiteData:
+    """The six datasets under ROOT (HLE left out with HLE=False), and two models' keys."""
+    suite = SuiteData(root, root / "compass", root / "hf" / "datasets",
+                      write_key(root / "key.json", {}, hle), write_key(root / "other-key.json", OTHER_REPLIES, hle))
+    write_data(suite, hle)
     return suite
 
 
@@ -315,3 +349,53 @@ def expected_scores(items: dict[str, list[Item]]) -> dict[str, float]:
     if all(name in scores for name in core):
         scores["core_average"] = mean(scores[name] for name in core)
     return scores
+
+
+# ---------------------------------------------------------------- the chat runs several modules read
+
+CHAT_RUN_SECONDS = 900
+OTHER_DATASETS = "aime2025,gpqa,ifeval"
+
+
+def chat_args(work_dir: Path, model: str = "demo-chat", *extra: str) -> list[str]:
+    """`lmeval run MODEL --task chat` as a user runs it: the model on GPU 0, the judge on GPU 1."""
+    return [str(MODELS / model), "--task", "chat", "--gpus", "0", "--judge-model", str(MODELS / "demo-judge"),
+            "--judge-gpus", "1", "--judge-tp", "1", "-w", str(work_dir), *TOOLS, *extra]
+
+
+@dataclass
+class ChatRuns:
+    suite: SuiteData
+    work_dir: Path
+    full: Lmeval  # `lmeval run demo-chat --task chat`, the first key
+    full_dir: Path
+    other: Lmeval  # `lmeval run demo-chat --task chat --datasets OTHER_DATASETS`, the other key
+    other_dir: Path
+    leftovers: dict[str, list[str]]  # run -> processes left after it (must be none)
+
+
+_RUNS: dict[str, ChatRuns] = {}
+
+
+def chat_runs(folder: Path) -> ChatRuns:
+    """Built once per session: the whole suite with the first key, then three of its datasets with
+    the other key, in one work dir (each exit code and output is the tests' to check)."""
+    if "runs" in _RUNS:
+        return _RUNS["runs"]
+    suite = write_suite(folder / "data")
+    work_dir = folder / "out"
+    runner = Runner(folder)
+    left = {}
+    try:
+        full = runner.run("run", *chat_args(work_dir), env=lmeval_env(**suite.env()), work_dir=work_dir,
+                          timeout=CHAT_RUN_SECONDS)
+        left["full"] = describe(runner.leftovers()).splitlines()
+        full_dir = only_run(work_dir)
+        other = runner.run("run", *chat_args(work_dir, "demo-chat", "--datasets", OTHER_DATASETS),
+                           env=lmeval_env(**suite.env(suite.other)), work_dir=work_dir, timeout=CHAT_RUN_SECONDS)
+        left["other"] = describe(runner.leftovers()).splitlines()
+        other_dir = next(path for path in work_dir.glob("2*") if path != full_dir)
+    finally:
+        runner.teardown()
+    _RUNS["runs"] = ChatRuns(suite, work_dir, full, full_dir, other, other_dir, left)
+    return _RUNS["runs"]

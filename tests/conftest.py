@@ -61,6 +61,17 @@ def chain(tmp_path_factory):
     return crash_chain(tmp_path_factory.mktemp("chain"))
 
 
+@pytest.fixture(scope="session")
+def chat_runs(tmp_path_factory):
+    """Two runs of the chat suite in miniature (tests/chat_suite.py), built once and read by
+    test_chat_suite, test_report and test_compare."""
+    from chat_suite import chat_runs as build
+
+    if not OPENCOMPASS.exists():
+        pytest.fail(f"{OPENCOMPASS} is missing: run scripts/setup first")
+    return build(tmp_path_factory.mktemp("chat"))
+
+
 @pytest.fixture
 def lmeval_runner(tmp_path):
     """Starts lmeval processes for a test (tests/toolkit.py) and, once it is over, kills them

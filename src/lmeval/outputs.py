@@ -90,6 +90,9 @@ class Score:
     # B (incorrect). OpenCompass counts the latter as wrong in the accuracy; lmeval shows them.
     judge_replies: int | None = None
     judge_invalid: int | None = None
+    # Its standard error in points, over questions (a question asked n times counts once, with
+    # the mean of its n outcomes); None where the score is not a share of questions answered right.
+    stderr: float | None = None
 
 
 # generic_llmjudge_postprocess (OpenCompass 0.5.4) grades by the first "A" or "B" anywhere in
