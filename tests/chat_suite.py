@@ -331,6 +331,7 @@ def write_key(path: Path, other: dict, hle: bool) -> Key:
 
 def write_suite(root: Path, hle: bool = True) -> SuiteData:
     """The six datasets under ROOT (HLE left out with HLE=False), and two models' keys."""
+    root.mkdir(parents=True, exist_ok=True)
     suite = SuiteData(root, root / "compass", root / "hf" / "datasets",
                       write_key(root / "key.json", {}, hle), write_key(root / "other-key.json", OTHER_REPLIES, hle))
     write_data(suite, hle)
