@@ -35,7 +35,7 @@ def test_a_machine_set_up_by_lmeval_setup_passes(tmp_path):
         "GPUs": expected_gpus,
         "lmdeploy": ("ok", f"{VENVS}/lmdeploy/bin/lmdeploy (from lmeval setup), version 0.18.0"),
         "opencompass": ("ok", f"{VENVS}/opencompass/bin/opencompass (from lmeval setup), version 0.5.4"),
-        "datasets": ("ok", "files present for 1 dataset"),
+        "data: arithmetic": ("ok", str(SAMPLE / "arithmetic.jsonl")),
         "model": ("ok", f"{MODELS / 'demo-chat'}: config.json and tokenizer load"),
         "disk": checks["disk"],
         "ports": ("ok", "servers can listen on 127.0.0.1"),
@@ -52,22 +52,33 @@ def test_an_opencompass_venv_that_cannot_import_is_a_failure_with_its_fix(tmp_pa
     assert checks["opencompass"] == (
         "fail", f"{broken} (from --opencompass), version unknown does not import: ImportError: {NUMPY_2}; make its "
                 "venv again with `lmeval setup` (or pass --opencompass)")
-    assert checks["datasets and tokenizer"] == ("warn", "not checked: OpenCompass is not usable (above)")
+    assert checks["evaluators and tokenizer"] == ("warn", "not checked: OpenCompass is not usable (above)")
     assert shown.stderr == ""
 
 
-def test_the_chat_suites_missing_data_is_named_by_folder(tmp_path):
+def test_the_chat_suite_is_checked_dataset_by_dataset_with_what_its_evaluators_need(tmp_path):
+    """Offline (as this machine is), a dataset missing where OpenCompass reads it is a failure naming
+    the path and what to do; what IFEval and LiveCodeBench need is in the venv lmeval setup made."""
     cache = tmp_path / "cache"
     (cache / "data" / "ifeval").mkdir(parents=True)
     (cache / "data" / "ifeval" / "input_data.jsonl").write_text("{}\n")
-    shown, checks = doctor(tmp_path, "--task", "chat", COMPASS_DATA_CACHE=str(cache))
-    assert shown.wait() == 0, shown.transcript()  # missing data is downloaded on first use: a warning
-    status, detail = checks["datasets"]
-    assert status == "warn"
-    assert detail.startswith(f"not in {cache}: ")
-    assert f"{cache}/data/mmlu_pro for 14 datasets" in detail
-    assert f"{cache}/data/aime2025/aime2025.jsonl for aime2025_repeat_32" in detail
-    assert "IFEval" not in detail  # its file is there
+    hf_home = tmp_path / "hf"
+    shown, checks = doctor(tmp_path, "--task", "chat", COMPASS_DATA_CACHE=str(cache), HF_HOME=str(hf_home))
+    assert shown.wait() == 1, shown.transcript()
+    assert checks["data: ifeval"] == ("ok", f"{cache}/data/ifeval/input_data.jsonl")
+    mirror = ("OpenCompass's mirror opencompass.oss-cn-shanghai.aliyuncs.com cannot be reached from here: set "
+              "COMPASS_DATA_CACHE to the folder that holds OpenCompass's data/ (a run with network downloads it there)")
+    for name, path in (("aime2025", "aime2025/aime2025.jsonl"), ("gpqa", "gpqa/gpqa_diamond.csv"),
+                       ("code", "code_generation_lite"), ("mmlu_pro", "mmlu_pro")):
+        assert checks[f"data: {name}"] == ("fail", f"not in {cache}/data/{path}, and {mirror}")
+    status, detail = checks["data: hle"]
+    assert status == "fail"
+    assert detail.startswith(f"not in the Hugging Face datasets cache {hf_home}/datasets (as cais/hle), and "
+                             "huggingface.co cannot be reached from here: accept its terms on "
+                             "https://huggingface.co/datasets/cais/hle, then ")
+    assert checks["langdetect"] == ("ok", "in OpenCompass's venv, for IFEval's language checks")
+    assert checks["punkt_tab"] == ("ok", "in OpenCompass's venv, for IFEval's sentence counts (NLTK)")
+    assert checks["code runner"] == ("ok", "in OpenCompass's venv, for LiveCodeBench (the runner's pyext)")
 
 
 def test_settings_say_which_came_from_the_defaults_file(tmp_path):

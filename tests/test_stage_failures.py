@@ -43,8 +43,8 @@ def test_opencompass_failing_at_import_fails_the_stage_with_its_own_error(lmeval
     run_dir = only_run(work_dir)
     log = run_dir / "lmeval" / "opencompass_infer.log"
     message = (f"inference failed for choices: no predictions written (OpenCompass exited with code 1: "
-               f"ImportError: {NUMPY_2}, in {log}); see the logs below, then resume with "
-               f"`lmeval infer ... --reuse {run_dir.name}`")
+               f"ImportError: {NUMPY_2}, in {log}); see the log below, then rerun the same command with "
+               f"--reuse {run_dir.name}: only what is missing is inferred")
     assert lm.stderr_lines[-2:] == [f"lmeval: error: {message}",
                                     f"(OpenCompass wrote no task log under {run_dir}/logs/infer/demo-chat)"]
     assert "lmeval: stopped target server (1 processes ended)" in lm.stderr_lines

@@ -57,7 +57,7 @@ __all__ = [
     "CHAT_SUITE", "CORE_AVERAGE", "DatasetRef", "GRADER_TEMPLATE", "Generation", "JUDGE_GENERATION",
     "ConfigPlan", "SUITES", "ServedModel", "Stage", "SuiteDataset", "TARGET_GENERATION", "TaskRow",
     "UserDataset", "check_plan", "dataset_abbrs", "judge_threads", "judged_rows", "needs_judge", "py_str", "render_config",
-    "resolve_datasets", "select_suite", "task_rows",
+    "resolve_datasets", "select_suite", "summary_rows", "task_rows",
 ]
 
 Stage = Literal["infer", "eval"]
@@ -81,6 +81,11 @@ class SuiteDataset(BaseModel):
     summary: tuple[tuple[str, str], ...]  # (dataset or group, metric) rows of the summary
     summary_groups: tuple[tuple[str, str], ...] = ()  # (module, variable) of groups it needs
     core_metric: tuple[str, str]  # its entry in the suite's core_average
+    # What its loader reads (OpenCompass's DATASETS_MAPPING 'local' paths, or the GPQA loader's
+    # folder and file), relative to COMPASS_DATA_CACHE; or the Hugging Face dataset it loads.
+    data: tuple[str, ...] = ()
+    hf_dataset: str | None = None
+    needs: tuple[str, ...] = ()  # what its evaluator needs in OpenCompass's venv (lmeval_preflight's checks)
 
 
 MMLU_PRO_CATEGORIES = (
@@ -101,6 +106,7 @@ CHAT_SUITE: tuple[SuiteDataset, ...] = (
         abbrs=("aime2025_repeat_32",),
         summary=(("aime2025_repeat_32", "accuracy (32 runs average)"),),
         core_metric=("aime2025_repeat_32", "accuracy (32 runs average)"),
+        data=("data/aime2025/aime2025.jsonl",),
     ),
     SuiteDataset(
         name="gpqa",
@@ -112,6 +118,7 @@ CHAT_SUITE: tuple[SuiteDataset, ...] = (
         abbrs=("GPQA_diamond_repeat_4",),
         summary=(("GPQA_diamond_repeat_4", "accuracy (4 runs average)"),),
         core_metric=("GPQA_diamond_repeat_4", "accuracy (4 runs average)"),
+        data=("data/gpqa/gpqa_diamond.csv",),
     ),
     SuiteDataset(
         name="ifeval",
@@ -123,6 +130,8 @@ CHAT_SUITE: tuple[SuiteDataset, ...] = (
         abbrs=("IFEval",),
         summary=(("IFEval", "Prompt-level-strict-accuracy"),),
         core_metric=("IFEval", "Prompt-level-strict-accuracy"),
+        data=("data/ifeval/input_data.jsonl",),
+        needs=("langdetect", "punkt_tab"),
     ),
     SuiteDataset(
         name="code",
@@ -134,6 +143,8 @@ CHAT_SUITE: tuple[SuiteDataset, ...] = (
         abbrs=("lcb_code_generation_repeat_6",),
         summary=(("lcb_code_generation_repeat_6", "pass@1 (6 runs average)"),),
         core_metric=("lcb_code_generation_repeat_6", "pass@1 (6 runs average)"),
+        data=("data/code_generation_lite",),
+        needs=("code runner",),
     ),
     SuiteDataset(
         name="mmlu_pro",
@@ -146,6 +157,7 @@ CHAT_SUITE: tuple[SuiteDataset, ...] = (
         summary=(("mmlu_pro", "naive_average"),),
         summary_groups=(("opencompass.configs.summarizers.groups.mmlu_pro", "mmlu_pro_summary_groups"),),
         core_metric=("mmlu_pro", "naive_average"),
+        data=("data/mmlu_pro",),
     ),
     SuiteDataset(
         name="hle",
@@ -157,6 +169,7 @@ CHAT_SUITE: tuple[SuiteDataset, ...] = (
         abbrs=("hle_llmjudge",),
         summary=(("hle_llmjudge", "accuracy"),),
         core_metric=("hle_llmjudge", "accuracy"),
+        hf_dataset="cais/hle",
     ),
 )
 
@@ -272,6 +285,26 @@ def judged_rows(datasets: Iterable[DatasetRef]) -> dict[str, list[str]]:
     return rows
 
 
+def whole_suites(datasets: Iterable[DatasetRef]) -> list[tuple[SuiteDataset, ...]]:
+    """The suites all of whose datasets are among DATASETS: those get a core_average row."""
+    chosen = set(item for item in datasets if isinstance(item, SuiteDataset))
+    return [suite for suite in SUITES.values() if suite and chosen >= set(suite)]
+
+
+def summary_rows(datasets: Iterable[DatasetRef]) -> dict[str, list[str]]:
+    """Each row the summary must hold, with the datasets whose results it is made of: a
+    dataset's own row, a group's (mmlu_pro: its 14 datasets), and core_average when the whole
+    suite is evaluated."""
+    datasets = list(datasets)
+    rows = {CORE_AVERAGE: dataset_abbrs(suite) for suite in whole_suites(datasets)}
+    for item in datasets:
+        if isinstance(item, SuiteDataset):
+            rows.update({group: list(item.abbrs) for group, _metric in item.summary})
+        else:
+            rows[item.name] = [item.name]
+    return rows
+
+
 def needs_judge(datasets: Iterable[DatasetRef]) -> bool:
     """Whether any of DATASETS is scored by the judge model (else no judge server is needed)."""
     return any(item.needs_judge for item in datasets)
@@ -357,6 +390,27 @@ class ConfigPlan(BaseModel):
     judge: ServedModel | None = None  # needed by the eval stage when needs_judge(datasets)
     judge_generation: Generation = JUDGE_GENERATION
     eval_workers: int = Field(default=4, ge=1)  # eval tasks (datasets) scored at once
+    # Only these of the datasets' names (a streamed evaluation's, or the datasets inferred when
+    # others failed); None: all of them. A group is then cut to its members among them.
+    only: tuple[str, ...] | None = None
+
+    @property
+    def abbrs(self) -> list[str]:
+        """The names of the datasets the configs hold, in config order."""
+        return [abbr for abbr in dataset_abbrs(self.datasets) if self.only is None or abbr in self.only]
+
+    def selected(self, item: DatasetRef) -> tuple[str, ...]:
+        return tuple(abbr for abbr in _abbrs(item) if self.only is None or abbr in self.only)
+
+    @property
+    def whole(self) -> list[DatasetRef]:
+        """The datasets held with all their members (only they get their summary rows)."""
+        return [item for item in self.datasets if self.selected(item) == _abbrs(item)]
+
+    @property
+    def judged(self) -> list[str]:
+        """The names of the datasets held that the judge scores."""
+        return [abbr for item in self.datasets if item.needs_judge for abbr in self.selected(item)]
 
 
 def check_plan(plan: ConfigPlan) -> None:
@@ -593,8 +647,7 @@ def judge_threads(plan: ConfigPlan) -> int:
     (eval_workers of them at most), so together they never exceed in_flight."""
     if plan.judge is None:
         raise ValueError("judge_threads needs a plan with a judge")
-    judged = sum(len(_abbrs(item)) for item in plan.datasets if item.needs_judge)
-    return max(1, plan.judge.in_flight // max(1, min(plan.eval_workers, judged)))
+    return max(1, plan.judge.in_flight // max(1, min(plan.eval_workers, len(plan.judged))))
 
 
 def _judge(plan: ConfigPlan, imports: _Imports) -> dict[str, Any]:
@@ -685,14 +738,12 @@ def _suite_var(item: SuiteDataset) -> str:
 
 
 def _summarizer(plan: ConfigPlan, group_vars: list[str]) -> dict[str, Any]:
-    suite_items = [item for item in plan.datasets if isinstance(item, SuiteDataset)]
     rows: list[Any] = []
     groups: list[Any] = [Code(f"*{var}") for var in group_vars]
-    for suite in SUITES.values():
-        if suite and all(item in suite_items for item in suite):
-            groups.append(dict(name=CORE_AVERAGE, subsets=[list(item.core_metric) for item in suite]))
-            rows.append([CORE_AVERAGE, "naive_average"])
-    for item in plan.datasets:
+    for suite in whole_suites(plan.whole):
+        groups.append(dict(name=CORE_AVERAGE, subsets=[list(item.core_metric) for item in suite]))
+        rows.append([CORE_AVERAGE, "naive_average"])
+    for item in plan.whole:
         if isinstance(item, SuiteDataset):
             rows += [list(row) for row in item.summary]
         else:
@@ -708,19 +759,27 @@ def render_config(stage: Stage, plan: ConfigPlan) -> str:
     if stage not in ("infer", "eval"):
         raise ValueError(f"stage must be 'infer' or 'eval', not {stage!r}")
     check_plan(plan)
-    if stage == "eval" and plan.judge is None and needs_judge(plan.datasets):
-        judged = [abbr for item in plan.datasets if item.needs_judge for abbr in _abbrs(item)]
-        raise ValueError(f"the eval stage needs a judge for {', '.join(judged)}")
+    if stage == "eval" and plan.judge is None and plan.judged:
+        raise ValueError(f"the eval stage needs a judge for {', '.join(plan.judged)}")
     imports = _Imports()
     bases: list[tuple[str, str, str]] = []  # (module, variable, alias) read through read_base()
     entries: list[Any] = []
     group_bases: list[tuple[str, str, str]] = []
     group_vars: list[str] = []
     for item in plan.datasets:
+        selected = plan.selected(item)
+        if not selected:
+            continue
         if isinstance(item, SuiteDataset):
             alias = _suite_var(item)
             bases.append((item.module, item.variable, alias))
-            entries.append(Code(f"*{alias}" if item.is_list else alias))
+            if not item.is_list:
+                entries.append(Code(alias))
+            elif selected == item.abbrs:
+                entries.append(Code(f"*{alias}"))
+            else:  # some members of a group: the others are not in this config
+                entries.append(Code(f"*[__dataset for __dataset in {alias} if __dataset['abbr'] in "
+                                    f"{py_value(list(selected), 1)}]"))
             if stage == "eval":
                 for module, variable in item.summary_groups:
                     group_alias = f"__groups_{variable}"
@@ -732,13 +791,13 @@ def render_config(stage: Stage, plan: ConfigPlan) -> str:
 
     bases += group_bases
     models = [_model(plan, imports)]
-    judge = _judge(plan, imports) if stage == "eval" and needs_judge(plan.datasets) else None
+    judge = _judge(plan, imports) if stage == "eval" and plan.judged else None
     naive = imports.use("opencompass.partitioners", "NaivePartitioner")
     local = imports.use(MODEL_MODULE, RUNNER_CLASS)
     if stage == "infer":
         # One task for all datasets: they share the model's single in_flight semaphore.
         stage_cfg = dict(
-            partitioner=dict(type=naive, n=len(dataset_abbrs(plan.datasets))),
+            partitioner=dict(type=naive, n=len(plan.abbrs)),
             runner=dict(
                 type=local,
                 max_num_workers=1,

@@ -1,7 +1,8 @@
 """`lmeval doctor`: everything lmeval needs on this machine, checked in one go, each check ok,
 warn or fail with what to do. Nothing is started but a short-lived probe in OpenCompass's venv
-(lmeval_preflight: its imports, the config lmeval would write, the data it would read, the
-model's tokenizer); nothing is downloaded, no network but loopback is touched.
+(lmeval_preflight: its imports, the config lmeval would write, what its evaluators need, the
+model's tokenizer); nothing is downloaded. Beyond loopback, the only network it touches is a
+TCP connect to the download host of a dataset that is missing (lmeval.datafiles).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import configgen, gpus, toolvenvs
+from lmeval import configgen, datafiles, gpus, toolvenvs
+from lmeval.configgen import UserDataset
 from lmeval.exceptions import LmevalError, UsageError
 from lmeval.launch import check_model, model_is_path, port_taken
 from lmeval.ocrun import opencompass_env, venv_python
 from lmeval.tools import LMDEPLOY, OPENCOMPASS, Tool, find_executable, installed_version
 
+NEEDED_BY = {"langdetect": "IFEval's language checks", "punkt_tab": "IFEval's sentence counts (NLTK)",
+             "code runner": "LiveCodeBench (the runner's pyext)"}
 DISK_FAIL_BYTES = 1 << 30
 DISK_WARN_BYTES = 20 << 30
 PROBE_SECONDS = 600
@@ -64,15 +68,15 @@ def check_tool(tool: Tool, given: str | None) -> tuple[Check, Path | None]:
 
 
 def _probe(opencompass: Path, datasets: tuple, model: str | None) -> tuple[dict | None, str | None]:
-    """Run lmeval_preflight on the infer config lmeval would write for DATASETS (with --data)
-    and MODEL's tokenizer; (what it said of the data, its failure line)."""
+    """Run lmeval_preflight on the infer config lmeval would write for DATASETS (with --needs)
+    and MODEL's tokenizer; (what the datasets' evaluators need and lack, its failure line)."""
     served = configgen.ServedModel(base_url="http://127.0.0.1:1", api_key=SecretStr("lmeval-doctor"),
                                    served_name="lmeval-doctor", tokenizer_path=model or "lmeval-doctor", in_flight=1)
     with tempfile.TemporaryDirectory(prefix="lmeval-doctor-") as folder:
         config = Path(folder) / "infer_config.py"
         config.write_text(configgen.render_config("infer", configgen.ConfigPlan(
             datasets=datasets, model_abbr="lmeval-doctor", target=served)))
-        argv = [str(venv_python(opencompass)), "-m", "lmeval_preflight", str(config), "--data"]
+        argv = [str(venv_python(opencompass)), "-m", "lmeval_preflight", str(config), "--needs"]
         if model:
             argv += ["--tokenizer", model]
         try:
@@ -80,19 +84,36 @@ def _probe(opencompass: Path, datasets: tuple, model: str | None) -> tuple[dict 
                                   env=opencompass_env(dict(os.environ)))
         except subprocess.TimeoutExpired:
             return None, f"the check in OpenCompass's venv did not end within {PROBE_SECONDS} s"
-    data, failed = None, None
+    needs, failed = None, None
     for line in done.stdout.splitlines():
-        if line.startswith("lmeval preflight: data: "):
-            data = json.loads(line.removeprefix("lmeval preflight: data: "))
+        if line.startswith("lmeval preflight: needs: "):
+            needs = json.loads(line.removeprefix("lmeval preflight: needs: "))
         elif line.startswith("lmeval preflight: failed: "):
             failed = line.removeprefix("lmeval preflight: failed: ")
     if done.returncode != 0 and failed is None:
         failed = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-    return data, failed
+    return needs, failed
+
+
+def check_data(datasets: tuple) -> list[Check]:
+    """Each dataset's data where OpenCompass reads it: there, or downloadable (warn), or neither
+    (a run refuses to start: fail). A user's file was read in full when resolved."""
+    env = dict(os.environ)
+    checks = [Check(f"data: {item.name}", "ok", item.path) for item in datasets if isinstance(item, UserDataset)]
+    for found in datafiles.check_data(list(datasets), env):
+        name = f"data: {found.dataset}"
+        if found.present:
+            checks.append(Check(name, "ok", found.what))
+        elif (why := datafiles.why_not_fetched(found, env)) is None:
+            checks.append(Check(name, "warn", f"not in {found.what}; OpenCompass downloads it on first use"))
+        else:
+            checks.append(Check(name, "fail", f"not in {found.what}, and {why}: {datafiles.how_to_get(found)}"))
+    return checks
 
 
 def check_inputs(opencompass: Path | None, task: str | None, files: tuple[Path, ...], model: str | None) -> list[Check]:
-    """The datasets and the model, through the config lmeval would write for them."""
+    """The datasets (their data, and what their evaluators need) and the model, through the
+    config lmeval would write for them."""
     checks = []
     try:
         datasets = configgen.resolve_datasets(task, None, files) if task or files else ()
@@ -107,31 +128,20 @@ def check_inputs(opencompass: Path | None, task: str | None, files: tuple[Path, 
         if model_is_path(model_path) and not (Path(model_path) / "config.json").is_file():
             checks.append(Check("model", "fail", f"{model_path} has no config.json: not a model folder LMDeploy loads"))
             model_path = None
+    checks += check_data(datasets)
     if not datasets and model_path is None:
         return checks
     if opencompass is None:
-        return checks + [Check("datasets and tokenizer", "warn", "not checked: OpenCompass is not usable (above)")]
+        return checks + [Check("evaluators and tokenizer", "warn", "not checked: OpenCompass is not usable (above)")]
     tokenizer = model_path if model_path and model_is_path(model_path) else None
     # The probe reads a config; with a model alone, a small one carries its tokenizer.
-    data, failed = _probe(opencompass, datasets or configgen.select_suite("chat", "ifeval"), tokenizer)
-    if datasets:
-        if data is None:
-            checks.append(Check("datasets", "fail", f"not checked: {failed}"))
-        else:
-            missing: dict[str, list[str]] = {}
-            for abbr, (where, present) in sorted(data.items()):
-                if not present:
-                    missing.setdefault(os.path.normpath(where), []).append(abbr)
-            cache = os.environ.get("COMPASS_DATA_CACHE") or "the run's folder (COMPASS_DATA_CACHE is unset)"
-            if missing:
-                listing = "; ".join(f"{where} for {abbrs[0] if len(abbrs) == 1 else f'{len(abbrs)} datasets'}"
-                                    for where, abbrs in missing.items())
-                checks.append(Check("datasets", "warn", f"not in {cache}: {listing}; set COMPASS_DATA_CACHE to the "
-                                                        "folder holding OpenCompass's data, or let OpenCompass "
-                                                        "download them on first use (it needs to reach them)"))
-            else:
-                checks.append(Check("datasets", "ok", f"files present for {len(data)} "
-                                                      f"dataset{'s' * (len(data) != 1)}"))
+    needs, failed = _probe(opencompass, datasets or configgen.select_suite("chat", "ifeval"), tokenizer)
+    if datasets and needs is None:
+        checks.append(Check("evaluators", "fail", f"not checked: {failed}"))
+    for need, problem in (needs or {}).items() if datasets else ():
+        checks.append(Check(need, "fail" if problem else "ok",
+                            f"{problem}; run `lmeval setup` again (it makes OpenCompass's venv with {need})" if problem
+                            else f"in OpenCompass's venv, for {NEEDED_BY[need]}"))
     if model_path is not None:
         if tokenizer is None:
             checks.append(Check("model", "warn", f"{model_path} is a hub id: its tokenizer is downloaded on first use"))

@@ -28,9 +28,13 @@ CLI_ENTRY = "opencompass.cli.main:main"
 
 def opencompass_env(base: dict[str, str]) -> dict[str, str]:
     """BASE with the plugin folder first on PYTHONPATH, where OpenCompass's task processes
-    (which inherit it) import the model class the configs name."""
+    (which inherit it) import the model class the configs name; and COMPASS_DATA_CACHE made
+    absolute, as the user meant it: OpenCompass runs in a folder of the run's own."""
     paths = [str(PLUGIN_DIR), *filter(None, base.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**base, "PYTHONPATH": os.pathsep.join(paths)}
+    env = {**base, "PYTHONPATH": os.pathsep.join(paths)}
+    if env.get("COMPASS_DATA_CACHE"):
+        env["COMPASS_DATA_CACHE"] = os.path.abspath(env["COMPASS_DATA_CACHE"])
+    return env
 
 
 def opencompass_argv(executable: Path, config: Path, mode: str, work_dir: Path, run_id: str) -> list[str]:

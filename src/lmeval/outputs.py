@@ -51,7 +51,8 @@ def missing_predictions(run_dir: Path, model: str, datasets: list[str]) -> list[
 
 
 def result_error(run_dir: Path, model: str, dataset: str) -> str | None:
-    """Why DATASET has no usable result, or None when it has one."""
+    """Why DATASET has no usable result, or None when it has one. A result a broken evaluator
+    left (`implausible`) is none either."""
     path = results_file(run_dir, model, dataset)
     try:
         result = json.loads(path.read_text())
@@ -61,7 +62,68 @@ def result_error(run_dir: Path, model: str, dataset: str) -> str | None:
         return "unreadable results file"
     if "error" in result:
         return str(result["error"])
+    return implausible(result, judge_replies(run_dir, model, [dataset]))
+
+
+def _per_answer(details: object, field: str) -> list:
+    """FIELD of every answer in a results file's `details`: OpenCompass 0.5.4 groups them by
+    question, each field a list with one value per run (a dict of answers, for evaluators
+    whose details the task wrote, has one value each)."""
+    entries = details.values() if isinstance(details, dict) else details if isinstance(details, list) else []
+    values = []
+    for entry in entries:
+        if isinstance(entry, dict) and field in entry:
+            value = entry[field]
+            values += value if isinstance(value, list) else [value]
+    return values
+
+
+def implausible(result: dict, replies: JudgeReplies | None) -> str | None:
+    """Why a results file OpenCompass wrote holds no score though it holds a number: the
+    signatures a broken evaluator leaves, each a plausible 0.00 (or worse) otherwise."""
+    details = result.get("details")
+    programs = _per_answer(details, "final_metadata")  # LiveCodeBench: one per program it ran
+    built = [json.loads(text) if isinstance(text, str) and text.startswith("{") else text for text in programs]
+    if built and all(isinstance(meta, dict) and meta.get("error_message") == "Compilation Error" for meta in built):
+        return (f"every one of its {len(built)} programs is recorded as a compilation error "
+                f"({built[0].get('error', 'no error given')}): OpenCompass's code runner is broken, not the model; "
+                "run `lmeval setup` again (it installs the runner's pyext), then judge again")
+    errors = _per_answer(details, "error")
+    if errors and all(errors):
+        return (f"OpenCompass's evaluator recorded an error for every one of its {len(errors)} answers "
+                f"({str(errors[0])[:200]}); see its eval log")
+    if replies is not None and replies.total and replies.invalid == replies.total:
+        return (f"none of the judge's {replies.total} replies holds a verdict (A for correct, B for incorrect): "
+                "the judge model does not answer in CompassVerifier's format; check --judge-model, then judge again")
     return None
+
+
+INFER_FAILED = re.compile(r" - Infer failed with$")
+DATASET_FINISHED = re.compile(r" - Finished dataset task \[[^\]]*/(?P<dataset>[^\]/]+)\]$")
+LOG_RECORD = re.compile(r"^\d\d/\d\d \d\d:\d\d:\d\d - ")
+
+
+def inference_errors(log: Path) -> dict[str, str]:
+    """Each dataset's traceback in the log of OpenCompass's concurrent inference task, which
+    holds every dataset: a dataset's `Infer failed with` record comes before the `Finished
+    dataset task [MODEL/DATASET]` record of its end (the traceback names no dataset)."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}
+    errors: dict[str, str] = {}
+    pending: list[str] = []  # tracebacks not yet claimed by a dataset's end
+    for position, line in enumerate(lines):
+        if INFER_FAILED.search(line):
+            block = []
+            for following in lines[position + 1:]:
+                if LOG_RECORD.match(following):
+                    break
+                block.append(following)
+            pending.append("\n".join(block[-LOG_TAIL_LINES:]))
+        elif (finished := DATASET_FINISHED.search(line)) and pending:
+            errors[finished["dataset"]] = pending.pop(0)
+    return errors
 
 
 def task_logs(run_dir: Path, stage: str, model: str, datasets: list[str]) -> list[Path]:
@@ -71,13 +133,16 @@ def task_logs(run_dir: Path, stage: str, model: str, datasets: list[str]) -> lis
 
 
 def failure_report(run_dir: Path, stage: str, model: str, datasets: list[str]) -> str:
-    """The tail of each task log that covers a failed dataset, for the user to see why."""
+    """The tail of each task log that covers a failed dataset, for the user to see why: of an
+    inference, the failed datasets' own tracebacks in the log they share, where found."""
     logs = task_logs(run_dir, stage, model, datasets)
     if not logs:
         return f"(OpenCompass wrote no task log under {run_dir / 'logs' / stage / model})"
     parts = []
     for log in logs:
-        parts.append(f"--- {log}\n{log_tail(log, LOG_TAIL_LINES)}")
+        found = inference_errors(log) if stage == "infer" else {}
+        own = [f"--- {dataset}, in {log}\n{found[dataset]}" for dataset in datasets if dataset in found]
+        parts += own or [f"--- {log}\n{log_tail(log, LOG_TAIL_LINES)}"]
     return "\n".join(parts)
 
 

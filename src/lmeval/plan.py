@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import __version__, configgen, defaults, foreign, outputs, slurm
+from lmeval import __version__, configgen, datafiles, defaults, foreign, outputs, slurm
 from lmeval.exceptions import UsageError
 from lmeval.fleet import ServerSet, plan_server_set
 from lmeval.launch import REDACTED, check_model, parse_server_args, served_name, server_arg_value
@@ -71,11 +71,11 @@ class EvalPlan:
 
     def config_plan(self, target: configgen.ServedModel, judge: configgen.ServedModel | None,
                     abbrs: list[str] | None = None) -> configgen.ConfigPlan:
-        """The configs' plan; ABBRS: of those datasets only (a streamed evaluation's)."""
-        datasets = self.datasets if abbrs is None else tuple(
-            dataset for dataset, abbr in zip(self.datasets, self.abbrs) if abbr in abbrs)
-        return configgen.ConfigPlan(datasets=datasets, model_abbr=self.model_abbr, target=target,
-                                    generation=self.generation, judge=judge)
+        """The configs' plan; ABBRS: of those datasets only (a streamed evaluation's, or the
+        datasets inferred when others failed)."""
+        return configgen.ConfigPlan(datasets=self.datasets, model_abbr=self.model_abbr, target=target,
+                                    generation=self.generation, judge=judge,
+                                    only=None if abbrs is None else tuple(abbrs))
 
     def predictions_complete(self) -> bool:
         return not outputs.missing_predictions(self.run_dir, self.model_abbr, self.abbrs)
@@ -305,7 +305,10 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     if options.reuse and not judge_only:
         run_dir, manifest, datasets, copies, redo_reason = _reopened_run(options, work_dir, inputs, notify)
     elif not judge_only:
+        datafiles.ensure_data(datasets, notify, options.dry_run)  # before a run folder is claimed
         run_dir, manifest, datasets, copies = _new_run(options, work_dir, inputs)
+    if options.reuse:
+        datafiles.ensure_data(_lacking_outputs(run_dir, inputs.model_abbr, datasets, stages), notify, options.dry_run)
     given_keys = [key.get_secret_value() for key in (target_key, judge_key) if key]
     manifest.command = redact_argv(sys.argv, given_keys)
     manifest.versions = {"lmeval": __version__, "opencompass": installed_version(opencompass, "opencompass"),
@@ -317,6 +320,18 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         grace=options.grace, restarts=options.restarts, stream=options.stream, dry_run=options.dry_run, copies=copies,
         redo_reason=redo_reason,
     )
+
+
+def _lacking_outputs(run_dir: Path, model: str, datasets: Datasets, stages: tuple[str, ...]) -> list:
+    """The DATASETS the STAGES will read the data of: those with a dataset still to infer, or
+    to score (OpenCompass skips the ones whose outputs it finds)."""
+    lacking = []
+    for item in datasets:
+        names = configgen.dataset_abbrs([item])
+        if ("infer" in stages and outputs.missing_predictions(run_dir, model, names)) or \
+                ("eval" in stages and any(outputs.result_error(run_dir, model, name) for name in names)):
+            lacking.append(item)
+    return lacking
 
 
 def _inputs_from_options(options: EvalOptions) -> _Inputs:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lmeval import configgen, outputs
@@ -108,6 +108,12 @@ class Evaluation:
         self.preflight: Preflight | None = None  # set when the stages start
         self.opencompass_codes: dict[str, int | None] = {}  # stage -> how OpenCompass exited
         self.restarted: dict[str, int] = {}  # role -> restarts so far
+        # The datasets the eval stage scores: those inferred, when the inference of others failed.
+        self.scope: list[str] | None = None
+
+    @property
+    def abbrs(self) -> list[str]:
+        return self.plan.abbrs if self.scope is None else self.scope
 
     # ------------------------------------------------------------ plumbing
 
@@ -167,7 +173,8 @@ class Evaluation:
             target, judge = (served, None) if stage == "infer" else (self.plan.target, served)
             watched = running.servers if running else []
             try:
-                self.run_opencompass(stage, self.render(stage, target, judge), watched, meanwhile)
+                config = self.render(stage, target, judge, self.scope if stage == "eval" else None)
+                self.run_opencompass(stage, config, watched, meanwhile)
                 died = self.server_failure if self.lacking_outputs(stage) else None
             except ServerDied as error:
                 died = error
@@ -262,7 +269,8 @@ class Evaluation:
     def lacking_outputs(self, stage: str) -> dict[str, str]:
         """The datasets STAGE left without their outputs, and what is wrong with each
         (OpenCompass exits 0 either way): no predictions, or the error of their results."""
-        names, model = self.plan.abbrs, self.plan.model_abbr
+        model = self.plan.model_abbr
+        names = self.plan.abbrs if stage == "infer" else self.abbrs
         if stage == "infer":
             return {name: "no predictions written" for name in outputs.missing_predictions(self.run_dir, model, names)}
         return {name: error for name in names if (error := outputs.result_error(self.run_dir, model, name))}
@@ -326,40 +334,66 @@ class Evaluation:
         self.save()
         return error
 
-    def check_predictions(self) -> None:
+    def check_predictions(self) -> StageFailed | None:
+        """Why the inference of some datasets failed (OpenCompass goes on with the others, which
+        are then scored), or None; raised at once when a server died or nothing was inferred."""
         missing = list(self.lacking_outputs("infer"))
         if missing and self.server_failure:
             raise self.stage_failed("infer", self.server_failure)
-        if missing:
-            raise self.stage_failed("infer", StageFailed(
-                f"inference failed for {', '.join(missing)}: no predictions written"
-                f"{self.opencompass_said('infer', missing)}; "
-                f"see the logs below, then resume with `lmeval infer ... --reuse {self.plan.run_id}`",
-                outputs.failure_report(self.run_dir, "infer", self.plan.model_abbr, missing),
-            ))
+        if not missing:
+            return None
+        failed = StageFailed(
+            f"inference failed for {', '.join(missing)}: no predictions written"
+            f"{self.opencompass_said('infer', missing)}; see the log below, then rerun the same command with "
+            f"--reuse {self.plan.run_id}: only what is missing is inferred",
+            outputs.failure_report(self.run_dir, "infer", self.plan.model_abbr, missing),
+        )
+        if len(missing) == len(self.plan.abbrs):
+            raise self.stage_failed("infer", failed)
+        self.scope = [name for name in self.plan.abbrs if name not in missing]
+        return failed
 
-    def check_results(self) -> list[outputs.Score]:
-        names = self.plan.abbrs
+    def check_results(self) -> tuple[list[outputs.Score], StageFailed | None]:
+        """The scores of the newest summary, each row of a failed dataset shown as none; and why
+        datasets failed (none of their rows counts), or None."""
+        names, model = self.abbrs, self.plan.model_abbr
         rows = configgen.judged_rows(self.plan.datasets)
         self.manifest.judge_rows = rows  # saved with the stage's outcome, failed or not
         failed = self.lacking_outputs("eval")
         summary = outputs.latest_summary(self.run_dir)
-        scores = outputs.read_summary(summary, self.plan.model_abbr) if summary else []
+        scores = outputs.read_summary(summary, model) if summary else []
         scored = {score.dataset for score in scores if score.value is not None}
-        failed.update({name: "no score in the summary" for name in names if name not in scored and name not in failed})
+        expected = {row: members for row, members in configgen.summary_rows(self.plan.datasets).items()
+                    if set(members) <= set(names)}
+        failed.update({row: "no score in the summary" for row, members in expected.items()
+                       if row not in scored and not set(members) & set(failed)})
         if failed and self.server_failure:
             raise self.stage_failed("eval", self.server_failure)
-        if failed:
-            listing = "; ".join(f"{name} ({why})" for name, why in failed.items())
-            raise self.stage_failed("eval", StageFailed(
-                f"evaluation failed for {listing}{self.opencompass_said('eval', list(failed))}; "
-                "see the logs below, then retry with "
-                f"`lmeval judge --reuse {self.plan.run_id} -w {self.plan.work_dir}`",
-                outputs.failure_report(self.run_dir, "eval", self.plan.model_abbr, list(failed)),
-            ))
-        return [outputs.with_judge_replies(score, outputs.judge_replies(self.run_dir, self.plan.model_abbr,
-                                                                        rows[score.dataset]))
-                if score.dataset in rows else score for score in scores]
+        scores = [outputs.with_judge_replies(score, outputs.judge_replies(self.run_dir, model, rows[score.dataset]))
+                  if score.dataset in rows else score for score in scores]
+        broken = [row for row, members in expected.items() if row in failed or set(members) & set(failed)]
+        scores = [replace(score, value=None) if score.dataset in broken else score for score in scores]
+        if not failed:
+            return scores, None
+        moved = self.move_results_aside([name for name in failed if name in names])
+        listing = "; ".join(f"{name} ({why})" for name, why in failed.items())
+        return scores, StageFailed(
+            f"evaluation failed for {listing}{self.opencompass_said('eval', list(failed))}; "
+            f"{moved}see the logs below, then retry with `lmeval judge --reuse {self.plan.run_id} -w {self.plan.work_dir}`",
+            outputs.failure_report(self.run_dir, "eval", model, list(failed)),
+        )
+
+    def move_results_aside(self, datasets: list[str]) -> str:
+        """Move the results OpenCompass wrote for DATASETS, though they hold no score (a broken
+        evaluator's), out of its way: else it would reuse them when judging again. What to say."""
+        folder = Path("results") / self.plan.model_abbr
+        written = [name for name in datasets if outputs.results_file(self.run_dir, self.plan.model_abbr, name).is_file()]
+        if not written:
+            return ""
+        patterns = [str(folder / f"{name}{suffix}") for name in written
+                    for suffix in (".json", "_replica*.json", "_llm_judge_replica*.json")]
+        aside = move_aside(self.run_dir, patterns)
+        return f"their results were moved to {aside}; "
 
     # ------------------------------------------------------------ commands
 
@@ -441,7 +475,7 @@ class Evaluation:
     def run_stages(self, group: ServerGroup, stages: tuple[str, ...], infer: bool) -> None:
         plan = self.plan
         judge_wanted = "eval" in stages and plan.judge is not None
-        target = judge = judge_now = None  # judge_now: the judge as its clients reach it, once restarted
+        target = judge = judge_now = infer_failed = None  # judge_now: the judge as its clients reach it, once restarted
         if "infer" in stages and not infer:
             self.app.info("infer: every dataset already has predictions; skipping inference")
             self.manifest.stage("infer").status = "ok"
@@ -455,8 +489,8 @@ class Evaluation:
                 served = self.wait(target, plan.target) if target else plan.target
                 streamed = StreamedJudging(self, judge, self.judge_served()) if judge and plan.stream else None
                 self.run_stage(group, "infer", target, served, meanwhile=streamed.poll if streamed else lambda oc: None)
-                self.check_predictions()
-                self.finish_stage("infer")
+                infer_failed = self.check_predictions()
+                self.finish_stage("infer", infer_failed)
                 # On a failure the group's exit stops them, after the servers started later.
                 if target:
                     stop_set(group, target)
@@ -479,6 +513,8 @@ class Evaluation:
                                   server, status)
                 judge_now = self.recover(group, "eval", judge, died, streamed.served)
         if "eval" not in stages:
+            if infer_failed:
+                raise infer_failed
             if self.shared_judge is None:  # in a sweep, the judging follows
                 self.app.out.print(f"{plan.run_id}", markup=False)
                 self.app.info(f"inference done; judge it with: lmeval judge --reuse {plan.run_id} -w {plan.work_dir}")
@@ -489,12 +525,17 @@ class Evaluation:
         judge_served = judge_now or self.judge_served()
         judge_served = self.wait(judge, judge_served) if judge and not judge_now else judge_served
         self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
-        scores = self.check_results()
+        scores, eval_failed = self.check_results()
         self.manifest.scores = [score.__dict__ for score in scores]
-        self.finish_stage("eval")
+        self.finish_stage("eval", eval_failed)
         if judge and shared is None:
             stop_set(group, judge)
-        print_scores(self.app, self.plan.model_abbr, scores)
+        if any(score.value is not None for score in scores):
+            print_scores(self.app, self.plan.model_abbr, scores)
+        failures = [failure for failure in (infer_failed, eval_failed) if failure]
+        if failures:  # the datasets that worked are scored above
+            raise StageFailed("; and ".join(failure.message for failure in failures),
+                              "\n".join(failure.detail for failure in failures))
         self.app.info(f"every prompt, answer and judge reply: lmeval report {plan.run_id} -w {plan.work_dir}")
 
     def judge_served(self) -> ServedModel | None:
@@ -553,9 +594,10 @@ class Evaluation:
         self.save()
         return served.model_copy(update={"in_flight": in_flight(running.capacity())})
 
-    def finish_stage(self, stage: str) -> None:
+    def finish_stage(self, stage: str, failed: StageFailed | None = None) -> None:
+        """Record STAGE ended: ok, or FAILED for some datasets (the others went on)."""
         record = self.manifest.stage(stage)
-        record.status = "ok"
+        record.status, record.message = ("failed", failed.message) if failed else ("ok", "")
         record.ended = time.time()
         if record.started:
             record.seconds = round(record.ended - record.started, 3)
