@@ -32,11 +32,22 @@ class Leftover:
     work_dir: Path  # where `lmeval cleanup -w` finds it
 
 
+PIPE_WIDTH = 160  # rich's width for output to a file or pipe (logs, CI), unless COLUMNS says otherwise
+
+
+def console(stderr: bool) -> Console:
+    """A console on stdout or STDERR; off a terminal as wide as the chat suite's tables need
+    (rich would take 80 columns and cut names like lcb_code_generation_repeat_6)."""
+    stream = sys.stderr if stderr else sys.stdout
+    sized = stream.isatty() or bool(os.environ.get("COLUMNS"))
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=None if sized else PIPE_WIDTH)
+
+
 class Application:
     def __init__(self, debug: bool = False) -> None:
         self.debug = debug
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = console(stderr=False)
+        self.err = console(stderr=True)
         self.leftovers: list[Leftover] = []
         self.cancel = Cancel()
         self.prefix = ""  # whose lines these are, when several runs go at once
