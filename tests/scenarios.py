@@ -94,12 +94,12 @@ def make_scenario(folder: Path) -> Scenario:
 NUMPY_2 = "pyarrow requires NumPy 2.0 or newer"
 
 
-def unimportable_venv(folder):
-    """A venv whose `import pyarrow` fails as it does with NumPy 1 and pyarrow 21: its python
-    runs the real one with a pyarrow that raises first on the path."""
-    shadow = folder / "shadow" / "pyarrow"
+def unimportable_venv(folder, module: str = "pyarrow", message: str = NUMPY_2):
+    """OpenCompass's venv where `import MODULE` fails with MESSAGE, by default as pyarrow does with
+    NumPy 1 and pyarrow 21: its python runs the real one with a MODULE that raises first on the path."""
+    shadow = folder / "shadow" / module
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(f"raise ImportError({NUMPY_2!r})\n")
+    (shadow / "__init__.py").write_text(f"raise ImportError({message!r})\n")
     bin_dir = folder / "bin"
     bin_dir.mkdir()
     python = bin_dir / "python"

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from chat_suite import HLE, INVALID_MARKER, LCB, OTHER_DATASETS, chat_args, fenced, write_suite
+from chat_suite import HLE, IFEVAL, INVALID_MARKER, LCB, OTHER_DATASETS, chat_args, fenced, write_suite
 from scenarios import judge_agrees
 from toolkit import VENVS, leftovers, only_run, read_json, score_rows
 
@@ -71,6 +71,15 @@ def test_livecodebench_runs_each_program_through_its_own_evaluator(chat_runs):
     ]
     designed = [round(6 * item.share) for item in chat_runs.suite.key.items["lcb_code_generation_repeat_6"]]
     assert [right for right, _ in seen] == designed
+
+
+def test_ifevals_details_say_which_instruction_each_answer_followed(chat_runs):
+    """lmeval's subclass of IFEval's evaluator keeps, per answer, the list OpenCompass's strict
+    check computed (one instruction each here: followed as designed)."""
+    results = read_json(outputs.results_file(chat_runs.full_dir, "demo-chat", "IFEval"))
+    followed = [detail["follow_instruction_list"] for detail in results["details"]]
+    assert followed == [[[follows]] for *_, follows in IFEVAL]
+    assert [detail["refer"][0]["instruction_id_list"] for detail in results["details"]] == [ids for _, ids, *_ in IFEVAL]
 
 
 def test_every_program_a_compilation_error_is_a_failure_not_a_score(chat_runs, tmp_path):

@@ -81,6 +81,15 @@ def test_the_chat_suite_is_checked_dataset_by_dataset_with_what_its_evaluators_n
     assert checks["code runner"] == ("ok", "in OpenCompass's venv, for LiveCodeBench (the runner's pyext)")
 
 
+def test_a_venv_without_what_the_suite_needs_is_a_failure_with_its_fix(tmp_path):
+    venv = unimportable_venv(tmp_path / "venv", "langdetect", "No module named 'langdetect'")
+    shown, checks = doctor(tmp_path, "--opencompass", str(venv), "--task", "chat")
+    assert shown.wait() == 1, shown.transcript()
+    assert checks["langdetect"] == ("fail", "ImportError: No module named 'langdetect'; run `lmeval setup` again (it "
+                                            "makes OpenCompass's venv with langdetect)")
+    assert checks["punkt_tab"][0] == checks["code runner"][0] == "ok"
+
+
 def test_settings_say_which_came_from_the_defaults_file(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "lmeval.toml").write_text('judge_gpus = "2,3"\nhost = "127.0.0.2"\n'

@@ -5,15 +5,15 @@ no process.
 - An `opencompass` whose command dies at import (exit 1, the ImportError in its log): the stage
   fails, and its error line carries OpenCompass's exit code and last exception.
 - A venv where OpenCompass cannot be imported at all (pyarrow wanting NumPy 2, as a venv made
-  without `pyarrow<21`): the preflight finds it while a 60 s model loads and lmeval stops at
-  once, long before the model is ready.
+  without `pyarrow<21`), or lacks what IFEval needs: the preflight finds it while a 60 s model
+  loads and lmeval stops at once, long before the model is ready.
 """
 
 from __future__ import annotations
 
 import pytest
 from scenarios import NUMPY_2, make_chain_scenario, unimportable_venv
-from toolkit import MODELS, STANDIN, VENVS, only_run, read_json
+from toolkit import MODELS, OPENCOMPASS, STANDIN, VENVS, only_run, read_json
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
@@ -68,4 +68,27 @@ def test_an_opencompass_that_cannot_import_fails_before_the_model_has_loaded(lme
     manifest = read_json(run_dir / "lmeval.json")
     assert (manifest["stages"]["infer"]["status"], manifest["stages"]["infer"]["message"]) == ("failed", message)
     assert not (run_dir / "predictions").exists()
+    assert lmeval_runner.leftovers() == []
+
+
+def test_a_venv_without_what_ifeval_needs_fails_before_the_model_has_loaded(lmeval_runner, tmp_path):
+    """OpenCompass's venv without langdetect (as a plain `pip install opencompass` has it): IFEval
+    would crash in its evaluation, after the whole inference; the preflight says so at once."""
+    from chat_suite import chat_args, write_suite
+
+    suite = write_suite(tmp_path / "data", hle=False)
+    venv = unimportable_venv(tmp_path / "venv", "langdetect", "No module named 'langdetect'")
+    work_dir = tmp_path / "out"
+    args = [str(venv) if arg == str(OPENCOMPASS) else arg
+            for arg in chat_args(work_dir, "demo-chat", "--datasets", "ifeval")]
+    lm = lmeval_runner.start("run", *args, env=lmeval_runner.env(**suite.env(), STANDIN_LOAD_SECONDS="60"),
+                             work_dir=work_dir)
+    assert lm.wait(60) == 1, lm.transcript()
+    assert lm.ended - lm.started < 30, "the preflight did not fail before the model had loaded"
+    run_dir = only_run(work_dir)
+    assert lm.stderr_lines[-1] == (
+        "lmeval: error: OpenCompass cannot run this evaluation: RuntimeError: OpenCompass's venv lacks langdetect, "
+        "which the suite's evaluators need (ImportError: No module named 'langdetect'); run `lmeval setup` again: it "
+        f"makes OpenCompass's venv with it (found before any stage ran; see {run_dir}/lmeval/preflight.log); fix "
+        "OpenCompass's venv (`lmeval setup`) or the inputs, then rerun"), lm.transcript()
     assert lmeval_runner.leftovers() == []

@@ -86,6 +86,7 @@ class SuiteDataset(BaseModel):
     data: tuple[str, ...] = ()
     hf_dataset: str | None = None
     needs: tuple[str, ...] = ()  # what its evaluator needs in OpenCompass's venv (lmeval_preflight's checks)
+    evaluator_class: str = ""  # its evaluator's class in OpenCompass, where lmeval swaps in a subclass
 
 
 MMLU_PRO_CATEGORIES = (
@@ -132,6 +133,7 @@ CHAT_SUITE: tuple[SuiteDataset, ...] = (
         core_metric=("IFEval", "Prompt-level-strict-accuracy"),
         data=("data/ifeval/input_data.jsonl",),
         needs=("langdetect", "punkt_tab"),
+        evaluator_class="IFEvaluator",
     ),
     SuiteDataset(
         name="code",
@@ -591,6 +593,8 @@ MODEL_MODULE, MODEL_CLASS = "lmeval_opencompass", "LmevalOpenAISDK"
 # LocalRunner with each task forked from the OpenCompass process instead of a new Python.
 RUNNER_CLASS = "LmevalLocalRunner"
 JUDGE_BATCH_FACTOR = 4  # judge prompts per batch, in units of its threads (see the module doc)
+# OpenCompass's evaluators lmeval's plugin subclasses, for details they leave out.
+EVALUATORS_WITH_DETAILS = {"IFEvaluator": "LmevalIFEvaluator"}
 MIN_QUERY_PER_SECOND = 1000
 
 
@@ -840,6 +844,15 @@ def render_config(stage: Stage, plan: ConfigPlan) -> str:
             "    if 'llm_evaluator' in __evaluator and 'judge_cfg' in __evaluator['llm_evaluator']:\n"
             "        __evaluator['llm_evaluator']['judge_cfg'] = __judge\n"
         )
+    swapped = [(name, ours) for name, ours in EVALUATORS_WITH_DETAILS.items()
+               if any(isinstance(item, SuiteDataset) and item.evaluator_class == name for item in plan.whole)]
+    if stage == "eval" and swapped:
+        body.append("\n# lmeval's subclasses where OpenCompass's evaluator keeps less than lmeval's report shows "
+                    "(the scores are OpenCompass's).\nfor __dataset in datasets:\n")
+        for name, ours in swapped:
+            # While the config is read, the type is mmengine's lazy import of the class: its str is the name.
+            body.append(f"    if str(__dataset['eval_cfg']['evaluator']['type']) == {py_str(name)}:\n"
+                        f"        __dataset['eval_cfg']['evaluator']['type'] = {imports.use(MODEL_MODULE, ours).text}\n")
     if stage == "eval":
         body.append("\nsummarizer = " + py_value(_summarizer(plan, group_vars)) + "\n")
     body.append(f"\n{stage} = " + py_value(stage_cfg) + "\n")

@@ -22,6 +22,9 @@ node that died, whose health check has not yet dropped it) with HTTP 200 and a b
 `{"error_code": 10402, "text": ...}`. That is a failed request, raised as one (OpenAISDK then
 retries it), never an answer.
 
+`LmevalIFEvaluator` is IFEval's evaluator with details that say which instruction an answer
+failed, for `lmeval report`.
+
 `LmevalLocalRunner` is OpenCompass's LocalRunner with each task forked from the OpenCompass
 process that runs it (lmeval_fork), which has imported what the task imports, instead of
 started as a new Python that imports it all again: 7-8 s of CPU a task before its first
@@ -40,8 +43,9 @@ from functools import partial
 
 import httpx
 import mmengine
+from opencompass.datasets import IFEvaluator
 from opencompass.models import OpenAISDK
-from opencompass.registry import MODELS, RUNNERS
+from opencompass.registry import ICL_EVALUATORS, MODELS, RUNNERS
 from opencompass.runners import LocalRunner
 from opencompass.utils import get_logger
 
@@ -88,6 +92,39 @@ class LmevalOpenAISDK(OpenAISDK):
     @openai_client.setter
     def openai_client(self, client):
         self._clients.client = client
+
+
+@ICL_EVALUATORS.register_module()
+class LmevalIFEvaluator(IFEvaluator):
+    """IFEval's evaluator, whose details also say which of its instructions each answer followed
+    (`follow_instruction_list`, strict, and `follow_instruction_list_loose`, each aligned with the
+    sample's `instruction_id_list`): OpenCompass keeps only whether all of them were. The lists
+    are the very ones OpenCompass's checks compute for the score, caught as they return; the
+    scores are OpenCompass's."""
+
+    def score(self, predictions, references, origin_prompt):
+        module = sys.modules[IFEvaluator.__module__]
+        checks = {"strict": module.test_instruction_following_strict, "loose": module.test_instruction_following_loose}
+        followed = {kind: [] for kind in checks}
+
+        def recording(kind):
+            def check(example, response):
+                outcome = checks[kind](example, response)
+                followed[kind].append(list(outcome.follow_instruction_list))
+                return outcome
+            return check
+
+        module.test_instruction_following_strict = recording("strict")
+        module.test_instruction_following_loose = recording("loose")
+        try:
+            results = super().score(predictions, references, origin_prompt)
+        finally:
+            module.test_instruction_following_strict = checks["strict"]
+            module.test_instruction_following_loose = checks["loose"]
+        for index, detail in enumerate(results["details"].values()):
+            detail["follow_instruction_list"] = followed["strict"][index]
+            detail["follow_instruction_list_loose"] = followed["loose"][index]
+        return results
 
 
 @RUNNERS.register_module()
