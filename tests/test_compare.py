@@ -1,7 +1,9 @@
-"""`lmeval compare` of two runs the real OpenCompass wrote whose answer keys differ in a known
-way: the chain's judged run, and a run of the same prompts with another key (and one dataset
-more). Scores, differences and intervals are computed here from the rows: the interval as the
-exact bootstrap distribution (enumerated), which the command's seeded resampling must meet."""
+"""`lmeval compare` of runs whose answer keys differ in a known way: the chain's judged run and a
+run of the same prompts with another key (and one dataset more); the two chat-suite runs
+(tests/chat_suite.py), whose repeated datasets pair question by question; and runs made by hand
+(tests/oc_files.py). Scores, standard errors, differences and intervals are computed here from
+the rows and keys: the interval as the exact bootstrap distribution over questions
+(enumerated), which the command's seeded resampling must meet."""
 
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ import io
 import json
 import math
 import re
+import statistics
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
 
 import pytest
+from oc_files import Asked, write_judged, write_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,7 +25,6 @@ from lmeval.cli import app
 from scenarios import MC_ROWS, QA_ROWS, judge_agrees, write_scenario
 from toolkit import MODELS, TOOLS, copy_run, lmeval_env
 
-pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 
 FIRST = "20250101_120000"  # a copy of the chain's run
 # The second run: every trivia question answered right (the chain's got 8 of 12), and the first
@@ -31,6 +34,11 @@ SECOND_QA = [(question, gold, gold) for question, gold, _ in QA_ROWS]
 SECOND_MC = [(question, options, gold, "A" if index == 0 else reply)
              for index, (question, options, gold, reply) in enumerate(MC_ROWS)]
 assert SECOND_MC[0][2] != "A"
+
+
+def stderr_of(outcomes: list[float]) -> float:
+    """100 x sd(question outcomes, ddof=1) / sqrt(questions)."""
+    return 100 * statistics.stdev(outcomes) / math.sqrt(len(outcomes))
 
 
 def outcomes(qa_rows, mc_rows) -> dict[str, list[int]]:
@@ -101,8 +109,9 @@ def compared(chain, tmp_path_factory):
         steps = [b - a for a, b in zip(before[dataset], after[dataset])]
         low, high = exact_interval(steps)
         expected[dataset] = {"scores": (100 * sum(before[dataset]) / len(steps), 100 * sum(after[dataset]) / len(steps)),
+                             "stderr": (stderr_of(before[dataset]), stderr_of(after[dataset])),
                              "delta": 100 * sum(steps) / len(steps), "low": low, "high": high,
-                             "significant": not low <= 0 <= high, "prompts": len(steps)}
+                             "significant": not low <= 0 <= high, "questions": len(steps)}
     return work_dir, second_id, expected
 
 
@@ -110,12 +119,16 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
 
 
+@pytest.mark.processes
+@pytest.mark.opencompass
 def test_the_scenario_has_one_significant_difference_and_one_not(compared):
     _, _, expected = compared
     assert expected["trivia"]["delta"] > 0 and expected["trivia"]["significant"]
     assert expected["choices"]["delta"] < 0 and not expected["choices"]["significant"]
 
 
+@pytest.mark.processes
+@pytest.mark.opencompass
 def test_compare_gives_each_difference_and_its_interval(compared):
     work_dir, second, expected = compared
     shown = invoke("compare", FIRST, second, "-w", str(work_dir), "--format", "json")
@@ -128,11 +141,12 @@ def test_compare_gives_each_difference_and_its_interval(compared):
         # OpenCompass's summary rounds each score to two decimals; the differences come from the outcomes.
         assert row["scores"][FIRST] == pytest.approx(want["scores"][0], abs=0.005)
         assert row["scores"][second] == pytest.approx(want["scores"][1], abs=0.005)
+        assert row["stderr"] == {FIRST: pytest.approx(want["stderr"][0]), second: pytest.approx(want["stderr"][1])}
         diff = row["differences"][second]
         assert (diff["delta"], diff["ci_low"], diff["ci_high"]) == pytest.approx(
             (want["delta"], want["low"], want["high"]), abs=1e-9)
-        assert (diff["significant"], diff["prompts"], diff["no_interval_because"]) == (want["significant"],
-                                                                                       want["prompts"], None)
+        assert (diff["significant"], diff["questions"], diff["no_interval_because"]) == (want["significant"],
+                                                                                         want["questions"], None)
     assert report["not_compared"] == {"spare": [second]}
     assert shown.stderr == f"lmeval: not compared: spare (only in {second})\n"
 
@@ -141,12 +155,15 @@ def text(value: float) -> str:
     return f"{value:+.2f}"
 
 
+@pytest.mark.processes
+@pytest.mark.opencompass
 def test_compare_as_a_table_markdown_and_csv(compared):
     work_dir, second, expected = compared
     cells = {}
     for dataset, want in expected.items():
         mark = "" if want["significant"] else " not significant"
-        cells[dataset] = [dataset, "accuracy", f"{want['scores'][0]:.2f}", f"{want['scores'][1]:.2f}",
+        cells[dataset] = [dataset, "accuracy", *(f"{value:.2f} ± {error:.2f}" for value, error in
+                                                 zip(want["scores"], want["stderr"])),
                           f"{text(want['delta'])} [{text(want['low'])}, {text(want['high'])}]{mark}"]
     markdown = invoke("compare", FIRST, second, "-w", str(work_dir), "--format", "markdown")
     assert markdown.exit_code == 0, markdown.output
@@ -159,15 +176,19 @@ def test_compare_as_a_table_markdown_and_csv(compared):
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in table.stdout.splitlines()
             if line.startswith("│ ")]
     assert rows == [cells["trivia"], cells["choices"]]
-    assert "paired bootstrap over the prompts both runs share (10,000 resamples, seed 0)" in table.stdout
+    assert ("paired bootstrap over the questions both runs share, a question's n answers counting once as their "
+            "share right (10,000 resamples, seed 0); ± standard error over questions") in " ".join(table.stdout.split())
     spread = invoke("compare", FIRST, second, "-w", str(work_dir), "--format", "csv")
     lines = list(csv.DictReader(io.StringIO(spread.stdout)))
-    assert [(line["dataset"], line["run_id"], line["score"], line["delta"], line["significant"]) for line in lines] == [
-        (dataset, run, f"{want['scores'][position]:.2f}", f"{want['delta']:.2f}" if position else "",
-         str(want["significant"]).lower() if position else "")
+    assert [(line["dataset"], line["run_id"], line["score"], line["stderr"], line["delta"], line["significant"])
+            for line in lines] == [
+        (dataset, run, f"{want['scores'][position]:.2f}", f"{want['stderr'][position]:.2f}",
+         f"{want['delta']:.2f}" if position else "", str(want["significant"]).lower() if position else "")
         for dataset, want in expected.items() for position, run in enumerate((FIRST, second))]
 
 
+@pytest.mark.processes
+@pytest.mark.opencompass
 def test_the_baseline_is_the_first_run_given(compared):
     work_dir, second, expected = compared
     shown = invoke("compare", second, FIRST, "-w", str(work_dir), "--format", "json")
@@ -184,6 +205,8 @@ def bar_box(element) -> tuple[float, float, float, float]:
     return min(xs), min(ys), max(xs), max(ys)
 
 
+@pytest.mark.processes
+@pytest.mark.opencompass
 def test_plot_draws_the_scores_and_the_intervals(compared, tmp_path):
     work_dir, second, expected = compared
     png, svg = tmp_path / "comparison.png", tmp_path / "comparison.svg"
@@ -209,6 +232,8 @@ def test_plot_draws_the_scores_and_the_intervals(compared, tmp_path):
         assert heights[f"ci:{dataset}:{second}"] == pytest.approx(unit * (want["high"] - want["low"]), rel=0.01)
 
 
+@pytest.mark.processes
+@pytest.mark.opencompass
 @pytest.mark.parametrize(("args", "message"), [
     ([FIRST], "compare needs two runs or more: lmeval compare RUN RUN..."),
     ([FIRST, FIRST], f"run {FIRST} is given twice; name each run once"),
@@ -222,3 +247,71 @@ def test_bad_comparisons_are_one_line(compared, args, message):
     assert shown.exit_code == 2
     assert shown.stderr.startswith(f"lmeval: error: {message}")
     assert shown.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------- repeated datasets: questions, not answers
+
+BEFORE = [Asked(f"Question {index}?", "g", right) for index, right in enumerate([
+    (True,) * 4, (True, False, True, False), (False,) * 4, (True, False, False, False), (True,) * 4, (False,) * 4])]
+AFTER = [Asked(question.prompt, "g", right) for question, right in zip(BEFORE, [
+    (True,) * 4, (True,) * 4, (True, False, True, False), (False,) * 4, (True, True, True, False),
+    (False, True, False, False)])]
+
+
+def hand_made_pair(work_dir) -> tuple[str, str]:
+    """Two runs of one dataset asked 4 times; the second writes its questions in another order."""
+    ids = ("20250101_120000", "20250102_120000")
+    for run_id, questions in zip(ids, (BEFORE, AFTER[::-1])):
+        write_judged(work_dir / run_id, "aime", questions)
+        share = 100 * statistics.fmean(question.share for question in questions)
+        write_run(work_dir, run_id, [["file", "aime", "qa", "0"]], [("aime", "accuracy (4 runs average)", share)])
+    return ids
+
+
+def test_the_bootstrap_resamples_questions_not_their_answers(tmp_path):
+    first, second = hand_made_pair(tmp_path)
+    shown = invoke("compare", first, second, "-w", str(tmp_path), "--format", "json")
+    assert shown.exit_code == 0, shown.output
+    row = json.loads(shown.stdout)["datasets"][0]
+    before, after = [q.share for q in BEFORE], [q.share for q in AFTER]
+    steps = [b - a for a, b in zip(before, after)]
+    low, high = exact_interval(steps)
+    diff = row["differences"][second]
+    assert (diff["delta"], diff["ci_low"], diff["ci_high"], diff["questions"]) == pytest.approx(
+        (100 * statistics.fmean(steps), low, high, len(BEFORE)), abs=1e-9)
+    assert row["stderr"] == {first: pytest.approx(stderr_of(before)), second: pytest.approx(stderr_of(after))}
+    # Resampling the 24 answers as if independent would give a narrower interval.
+    answers = [int(b is True) - int(a is True) for q, p in zip(BEFORE, AFTER) for a, b in zip(q.right, p.right)]
+    naive_low, naive_high = exact_interval(answers)
+    assert naive_high - naive_low < high - low
+
+
+# ---------------------------------------------------------------- the chat suite's two runs
+
+RUNS = {"aime2025_repeat_32": 32, "GPQA_diamond_repeat_4": 4, "IFEval": 1}  # the suite's configs ask them so
+
+
+@pytest.mark.processes
+@pytest.mark.opencompass
+def test_compare_of_two_chat_runs_pairs_their_questions(chat_runs):
+    first, later = chat_runs.full_dir.name, chat_runs.other_dir.name
+    shown = invoke("compare", first, later, "-w", str(chat_runs.work_dir), "--format", "json")
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.stdout)
+    assert [row["dataset"] for row in report["datasets"]] == list(RUNS)
+    for row in report["datasets"]:
+        before = {item.marker: item.share for item in chat_runs.suite.key.items[row["dataset"]]}
+        after = {item.marker: item.share for item in chat_runs.suite.other.items[row["dataset"]]}
+        steps = [after[marker] - before[marker] for marker in before]
+        low, high = exact_interval(steps)
+        assert row["scores"] == {first: pytest.approx(100 * statistics.fmean(before.values()), abs=0.005),
+                                 later: pytest.approx(100 * statistics.fmean(after.values()), abs=0.005)}
+        assert row["stderr"] == {first: pytest.approx(stderr_of(list(before.values()))),
+                                 later: pytest.approx(stderr_of(list(after.values())))}
+        diff = row["differences"][later]
+        assert (diff["delta"], diff["ci_low"], diff["ci_high"]) == pytest.approx(
+            (100 * statistics.fmean(steps), low, high), abs=1e-9), row["dataset"]
+        assert (diff["questions"], diff["significant"], diff["no_interval_because"]) == (
+            len(steps), not low <= 0 <= high, None)
+    only_first = [name for name in chat_runs.suite.key.expected if name not in RUNS and not name.startswith("mmlu_pro_")]
+    assert report["not_compared"] == {name: [first] for name in only_first}

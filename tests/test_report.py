@@ -1,12 +1,16 @@
 """`lmeval report`: the page of the chain's judged run (written by the real OpenCompass) holds its
-scores, settings and every sample with the outcome computed here from the chain's rows, and
-fetches nothing; runs made by hand show what a run without scores, a hostile prediction or bad
-input give. What the page's script does in a browser is tests/test_report_browser.py's part."""
+scores with their standard errors, settings and every sample with the outcome computed here from
+the chain's rows, and fetches nothing; the page of the chat suite's run holds every dataset's
+questions with their answers, k of n right as its key says; runs made by hand show what a run
+without scores, a hostile prediction or bad input give. What the page's script does in a
+browser is tests/test_report_browser.py's part."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import statistics
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -105,11 +109,33 @@ def external_references(page: Page) -> list[str]:
     return found
 
 
+def one_answer(index: int, prompt: str, gold: str, answer: dict) -> dict:
+    """A question asked once, as the page holds it: its one answer, run 0 (the fields it lacks,
+    such as a judge's reply, left out)."""
+    return {"index": index, "prompt": prompt, "gold": gold, "correct": int(answer["outcome"] == "correct"),
+            "answers": [{"index": index, "run": 0, **answer}]}
+
+
+def trivia_outcome(reply: str, gold: str) -> str:
+    return "invalid" if reply == INVALID_MARKER else "correct" if judge_agrees(reply, gold) else "incorrect"
+
+
 def expected_trivia() -> list[dict]:
-    return [{"index": index, "prompt": question, "prediction": reply, "reasoning": None, "gold": gold,
-             "outcome": "invalid" if reply == INVALID_MARKER else "correct" if judge_agrees(reply, gold) else "incorrect",
-             "judge_reply": INVALID_REPLY if reply == INVALID_MARKER else "A" if judge_agrees(reply, gold) else "B"}
-            for index, (question, gold, reply) in enumerate(QA_ROWS)]
+    return [one_answer(index, question, gold, {
+        "prediction": reply, "outcome": trivia_outcome(reply, gold),
+        "judge_reply": {"invalid": INVALID_REPLY, "correct": "A", "incorrect": "B"}[trivia_outcome(reply, gold)]})
+        for index, (question, gold, reply) in enumerate(QA_ROWS)]
+
+
+def with_stderr(score: str, outcomes: list[bool]) -> str:
+    """`60.00 ± 14.77`: the score and 100 x sd(outcomes) / sqrt(questions)."""
+    return f"{score} ± {100 * statistics.stdev(map(int, outcomes)) / math.sqrt(len(outcomes)):.2f}"
+
+
+def chain_cells(expected: dict[str, str]) -> dict[str, str]:
+    return {"trivia": with_stderr(expected["trivia"], [trivia_outcome(reply, gold) == "correct"
+                                                       for _, gold, reply in QA_ROWS]),
+            "choices": with_stderr(expected["choices"], [reply == gold for _, _, gold, reply in MC_ROWS])}
 
 
 @pytest.fixture(scope="module")
@@ -130,28 +156,33 @@ def test_the_page_shows_the_scores_and_fetches_nothing(chain, chain_page):
     assert external_references(page) == []
     invalid = sum(reply == INVALID_MARKER for _, _, reply in QA_ROWS)
     expected = chain.scenario.expected
-    assert page.table("scores") == {"trivia": ["accuracy", expected["trivia"], f"{invalid} of {len(QA_ROWS)}"],
-                                    "choices": ["accuracy", expected["choices"], ""]}
+    cells = chain_cells(expected)
+    assert page.table("scores") == {"trivia": ["accuracy", cells["trivia"], f"{invalid} of {len(QA_ROWS)}"],
+                                    "choices": ["accuracy", cells["choices"], ""]}
 
 
 @pytest.mark.processes
 @pytest.mark.opencompass
-def test_every_sample_is_in_the_page_with_its_outcome_and_judge_reply(chain_page):
+def test_every_sample_is_in_the_page_with_its_outcome_and_judge_reply(chain, chain_page):
     _, page, _ = chain_page
     samples = page.samples
     assert list(samples) == ["trivia", "choices"]
     assert samples["trivia"] == expected_trivia()
-    assert [(s["prediction"], s["gold"], s["outcome"], s["judge_reply"]) for s in samples["choices"]] == [
-        (f"The answer is {reply}.", gold, "correct" if reply == gold else "incorrect", None)
+    assert [(q["gold"], q["answers"][0]["prediction"], q["answers"][0]["outcome"], q["answers"][0].get("judge_reply"))
+            for q in samples["choices"]] == [
+        (gold, f"The answer is {reply}.", "correct" if reply == gold else "incorrect", None)
         for _, _, gold, reply in MC_ROWS]
-    assert all(question in s["prompt"] for s, (question, *_) in zip(samples["choices"], MC_ROWS, strict=True))
-    outcomes = [sample["outcome"] for sample in expected_trivia()]
+    assert all("judge_reply" not in q["answers"][0] for q in samples["choices"])
+    assert all(question in q["prompt"] for q, (question, *_) in zip(samples["choices"], MC_ROWS, strict=True))
+    outcomes = [question["answers"][0]["outcome"] for question in expected_trivia()]
+    cells = chain_cells(chain.scenario.expected)
     assert words(page.texts["dataset-1"]).startswith(
         f"trivia {len(QA_ROWS)} samples: {outcomes.count('correct')} correct, {outcomes.count('incorrect')} incorrect, "
-        f"{outcomes.count('invalid')} invalid wrong only invalid judge replies only")
+        f"{outcomes.count('invalid')} invalid accuracy {cells['trivia']} wrong only invalid judge replies only")
     right = sum(reply == gold for _, _, gold, reply in MC_ROWS)
     assert words(page.texts["dataset-2"]).startswith(
-        f"choices {len(MC_ROWS)} samples: {right} correct, {len(MC_ROWS) - right} incorrect wrong only #")
+        f"choices {len(MC_ROWS)} samples: {right} correct, {len(MC_ROWS) - right} incorrect "
+        f"accuracy {cells['choices']} wrong only #")
 
 
 @pytest.mark.processes
@@ -233,10 +264,8 @@ def test_a_run_not_scored_yet_shows_its_samples_unscored_and_the_missing_dataset
     assert f"lmeval: warning: later: no predictions yet ({later})" in shown.stderr.splitlines()
     page = Page((tmp_path / "page.html").read_text(encoding="utf-8"))
     assert page.samples == {"notes": [
-        {"index": 0, "prompt": "Why?", "prediction": "Because.", "reasoning": "Let me see.", "gold": "B",
-         "outcome": "unscored", "judge_reply": None},
-        {"index": 1, "prompt": HOSTILE, "prediction": HOSTILE, "reasoning": None, "gold": HOSTILE,
-         "outcome": "unscored", "judge_reply": None}]}
+        one_answer(0, "Why?", "B", {"prediction": "Because.", "reasoning": "Let me see.", "outcome": "unscored"}),
+        one_answer(1, HOSTILE, HOSTILE, {"prediction": HOSTILE, "outcome": "unscored"})]}
     assert [tag for tag, _ in page.tags].count("script") == 2 and "img" not in [tag for tag, _ in page.tags]
     assert external_references(page) == []
     assert words(page.texts["no-scores"]) == f"No scores yet: evaluate it with lmeval judge --reuse {RUN_ID}."
@@ -275,3 +304,94 @@ def test_open_shows_the_page_in_the_browser(tmp_path, monkeypatch):
     shown = report("-w", str(tmp_path), "--open")
     assert (shown.exit_code, shown.stdout) == (0, f"{tmp_path / RUN_ID / 'report.html'}\n")
     assert f"lmeval: warning: found no browser to open it; open {opened[0]} yourself" in shown.stderr.splitlines()
+
+
+# ---------------------------------------------------------------- the chat suite's run
+
+
+@pytest.fixture(scope="module")
+def chat_page(chat_runs, tmp_path_factory) -> tuple[Page, object]:
+    path = tmp_path_factory.mktemp("chat-report") / "chat.html"
+    shown = report(chat_runs.full_dir.name, "-w", str(chat_runs.work_dir), "-o", str(path))
+    assert shown.exit_code == 0, shown.output
+    return Page(path.read_text(encoding="utf-8")), shown
+
+
+def answers_of(page: Page, dataset: str, item) -> list[dict]:
+    """The answers the page holds of ITEM's question (found by its marker in the prompt)."""
+    found = [question for question in page.samples[dataset] if item.marker in question["prompt"]]
+    assert len(found) == 1, (dataset, item.marker)
+    return found[0]["answers"]
+
+
+@pytest.mark.processes
+@pytest.mark.opencompass
+def test_a_chat_runs_page_holds_every_dataset_as_questions_k_of_n_right(chat_runs, chat_page):
+    from chat_expect import right_answers, runs, score_cell, summary_rows
+
+    page, shown = chat_page
+    key = chat_runs.suite.key
+    assert list(page.samples) == list(key.items)
+    for dataset, items in key.items.items():
+        assert len(page.samples[dataset]) == len(items), dataset
+        for item in items:
+            answers = answers_of(page, dataset, item)
+            assert sorted(answer["run"] for answer in answers) == list(range(runs(dataset))), dataset
+            assert sum(answer["outcome"] == "correct" for answer in answers) == right_answers(item, dataset), item
+    answered = sum(runs(dataset) * len(items) for dataset, items in key.items.items())
+    asked = sum(len(items) for items in key.items.values())
+    assert shown.stderr.splitlines()[-1] == f"lmeval: wrote the report of {answered} samples ({asked} questions)"
+    assert {row: cells[1] for row, cells in page.table("scores").items()} == {
+        row: score_cell(key, row) for row in summary_rows(key)}
+    group = next(attributes["id"] for tag, attributes in page.tags if attributes.get("data-group") == "mmlu_pro")
+    categories = [name for name in key.items if name.startswith("mmlu_pro_")]
+    assert all(name in page.texts[group] for name in categories) and len(categories) == 14
+
+
+@pytest.mark.processes
+@pytest.mark.opencompass
+def test_gpqa_shows_the_rules_verdict_then_the_judges_reply_where_it_missed(chat_runs, chat_page):
+    from chat_suite import GPQA_RULE, gpqa_gold, judged_right
+    from chat_expect import runs
+
+    page, _ = chat_page
+    dataset = "GPQA_diamond_repeat_4"
+    for row, item in enumerate(chat_runs.suite.key.items[dataset], start=1):
+        gold = gpqa_gold(row)
+        expected = []
+        for run in range(runs(dataset)):
+            reply = item.replies[run % len(item.replies)]
+            found = GPQA_RULE.search(reply)
+            extracted = f"extracted {found.group(1) if found else 'nothing'}, gold {gold}"
+            if found and found.group(1) == gold:
+                expected.append((reply, f"right: {extracted}", None, "correct"))
+            else:
+                verdict = "A" if judged_right(reply, gold) else "B"
+                expected.append((reply, f"missed: {extracted}; the judge decides", verdict,
+                                 "correct" if verdict == "A" else "incorrect"))
+        shown = [(a["prediction"], a["rule"], a.get("judge_reply"), a["outcome"]) for a in answers_of(page, dataset, item)]
+        assert sorted(shown, key=str) == sorted(expected, key=str), item.marker
+
+
+@pytest.mark.processes
+@pytest.mark.opencompass
+def test_ifeval_and_livecodebench_show_what_their_checkers_found(chat_runs, chat_page):
+    from chat_suite import ADD_RIGHT, IFEVAL, LCB, RUNTIME_ERROR, SUM_RIGHT, SUM_WRONG, TIME_OUT, fenced
+    from chat_expect import runs
+
+    page, _ = chat_page
+    key = chat_runs.suite.key
+    for item, (_, instructions, _, _, _) in zip(key.items["IFEval"], IFEVAL, strict=True):
+        [answer] = answers_of(page, "IFEval", item)
+        [line] = answer["checks"].splitlines()  # each of the suite's prompts holds one instruction
+        assert line.startswith("followed: " if item.right[0] else ("failed: ", "followed only loosely: "))
+        assert instructions[0] in line, item.marker
+    dataset = "lcb_code_generation_repeat_6"
+    for item, (*_, tests, _, _) in zip(key.items[dataset], LCB, strict=True):
+        passed = f"passed every test ({len(tests)})"
+        how = {fenced(SUM_RIGHT): passed, fenced(ADD_RIGHT): passed, fenced(SUM_WRONG): "test 1 failed: Wrong Answer",
+               fenced(RUNTIME_ERROR): "test 1 failed: Runtime Error: ZeroDivisionError('integer division or modulo "
+                                      "by zero')",
+               fenced(TIME_OUT): "test 1 failed: Time Limit Exceeded: TimeoutException()"}
+        expected = sorted(how[item.replies[run % len(item.replies)]] for run in range(runs(dataset)))
+        assert sorted(answer["checks"].splitlines()[0] for answer in answers_of(page, dataset, item)) == expected

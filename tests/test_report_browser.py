@@ -1,7 +1,9 @@
 """`lmeval report`'s page in a real browser: Debian's headless chromium, driven by Selenium,
 opens the chain's report from disk and a user's filters, search and clicks are checked against
 what the chain's rows (tests/scenarios.py) say each sample is. A copy of the run with its trivia
-samples repeated shows the lazy rendering. Every chromium process ends with its test.
+samples repeated shows the lazy rendering. The chat suite's run (tests/chat_suite.py) shows every
+dataset as questions, k of n right as its key says, each opening to its answers, and mmlu_pro's
+categories under the group. Every chromium process ends with its test.
 
 With LMEVAL_SCREENSHOT=PATH the screenshot (1280x900, the invalid judge reply expanded) is also
 saved to PATH: that is how the README's screenshot is made."""
@@ -9,8 +11,10 @@ saved to PATH: that is how the README's screenshot is made."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import statistics
 import struct
 from pathlib import Path
 
@@ -56,8 +60,8 @@ def page(chain, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def long_page(chain, tmp_path_factory) -> str:
-    """The report of a copy of the chain's run whose trivia rows (predictions and the judge's
-    replies, in OpenCompass's files) are repeated COPIES times."""
+    """The report of a copy of the chain's run whose trivia rows (predictions, the judge's
+    replies and the results' details, in OpenCompass's files) are repeated COPIES times."""
     work_dir = tmp_path_factory.mktemp("long")
     run_dir = work_dir / chain.run_dir.name
     shutil.copytree(chain.run_dir, run_dir, symlinks=True)
@@ -67,6 +71,9 @@ def long_page(chain, tmp_path_factory) -> str:
         entries = json.loads(path.read_text())
         path.write_text(json.dumps({str(copy * len(entries) + int(index)): entry
                                     for copy in range(COPIES) for index, entry in entries.items()}))
+    results = outputs.results_file(run_dir, "demo-chat", "trivia")
+    scored = json.loads(results.read_text())
+    results.write_text(json.dumps({**scored, "details": scored["details"] * COPIES}))
     return write_report(run_dir, work_dir, work_dir / "report.html").as_uri()
 
 
@@ -136,13 +143,21 @@ def detail(driver, dataset: str, index: int) -> dict[str, str]:
             for field in shown.find_elements(By.CSS_SELECTOR, ".field")}
 
 
+def with_stderr(score: str, outcomes: list[str]) -> str:
+    """`60.00 ± 14.77`: the score and 100 x sd(outcomes right) / sqrt(questions)."""
+    right = [int(outcome == "correct") for outcome in outcomes]
+    return f"{score} ± {100 * statistics.stdev(right) / math.sqrt(len(right)):.2f}"
+
+
 def test_the_score_table_shows_the_expected_scores(driver, page, chain):
     from selenium.webdriver.common.by import By
 
     open_page(driver, page)
     shown = {row.find_elements(By.TAG_NAME, "td")[0].text: row.find_element(By.CSS_SELECTOR, ".score").text
              for row in driver.find_elements(By.CSS_SELECTOR, "#scores tbody tr")}
-    assert shown == chain.scenario.expected
+    expected = chain.scenario.expected
+    assert shown == {"trivia": with_stderr(expected["trivia"], [outcome for _, outcome in TRIVIA]),
+                     "choices": with_stderr(expected["choices"], [outcome for _, outcome in CHOICES])}
     assert (rows(driver, "trivia"), rows(driver, "choices")) == (TRIVIA, CHOICES)
     assert count(driver, "trivia") == f"showing {len(QA_ROWS)} of {len(QA_ROWS)} matching, {len(QA_ROWS)} in all"
 
@@ -227,3 +242,80 @@ def test_the_page_logs_no_error_and_its_screenshot_is_a_png(driver, page, tmp_pa
     assert struct.unpack(">II", data[16:24]) == (VIEWPORT["width"], VIEWPORT["height"])
     if os.environ.get("LMEVAL_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["LMEVAL_SCREENSHOT"])
+
+
+# ---------------------------------------------------------------- the chat suite's run
+
+
+@pytest.fixture(scope="module")
+def chat_page(chat_runs, tmp_path_factory) -> str:
+    """The file:// address of the report of the chat suite's whole run."""
+    return write_report(chat_runs.full_dir, chat_runs.work_dir, tmp_path_factory.mktemp("chat") / "chat.html").as_uri()
+
+
+def expected_rows(dataset: str, items) -> list[tuple[int, str]]:
+    """The rows of a dataset as the key says: `k of n` for one asked n times, else the outcome."""
+    from chat_expect import right_answers, runs
+
+    if runs(dataset) == 1:
+        return [(index, "correct" if item.right[0] else "incorrect") for index, item in enumerate(items)]
+    return [(index, f"{right_answers(item, dataset)} of {runs(dataset)}") for index, item in enumerate(items)]
+
+
+def answer_rows(driver, dataset: str) -> list[tuple[int, str]]:
+    """The answers shown of DATASET's open question, as (run, outcome badge)."""
+    return [(int(run), outcome) for run, outcome in driver.execute_script(
+        "return [...arguments[0].querySelectorAll('tr.answer')].map("
+        "row => [row.dataset.run, row.querySelector('.badge').textContent])", section(driver, dataset))]
+
+
+def test_a_chat_run_shows_every_dataset_as_questions_k_of_n_right(driver, chat_page, chat_runs):
+    from selenium.webdriver.common.by import By
+
+    from chat_expect import score_cell, summary_rows
+
+    key = chat_runs.suite.key
+    open_page(driver, chat_page)
+    for dataset, items in key.items.items():
+        assert rows(driver, dataset) == expected_rows(dataset, items), dataset
+    shown = {row.find_elements(By.TAG_NAME, "td")[0].text: row.find_element(By.CSS_SELECTOR, ".score").text
+             for row in driver.find_elements(By.CSS_SELECTOR, "#scores tbody tr")}
+    assert shown == {row: score_cell(key, row) for row in summary_rows(key)}
+    nested = driver.execute_script("return [...document.querySelectorAll("
+                                   "'section[data-group=\"mmlu_pro\"] section.dataset')].map(s => s.dataset.dataset)")
+    assert nested == [name for name in key.items if name.startswith("mmlu_pro_")]
+    assert [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")] == []
+
+
+def test_a_question_asked_n_times_opens_to_its_answers_and_each_answer_to_its_details(driver, chat_page, chat_runs):
+    from chat_expect import right_answers
+
+    aime, gpqa = "aime2025_repeat_32", "GPQA_diamond_repeat_4"
+    items = chat_runs.suite.key.items
+    open_page(driver, chat_page)
+    sample_row(driver, aime, 1).click()
+    shown = answer_rows(driver, aime)
+    assert sorted(run for run, _ in shown) == list(range(32))
+    assert sum(outcome == "correct" for _, outcome in shown) == right_answers(items[aime][1], aime)
+    # GPQA's second question: the rule finds no letter, the judge finds the answer right.
+    sample_row(driver, gpqa, 1).click()
+    section(driver, gpqa).find_element("css selector", 'tr.answer[data-run="0"]').click()
+    opened = section(driver, gpqa).find_element("css selector", 'tr.answer[data-run="0"] + tr.detail')
+    fields = [field.get_dom_attribute("data-field") for field in opened.find_elements("css selector", ".field")]
+    assert fields == ["prediction", "rule", "judge_reply"]
+    assert opened.find_element("css selector", ".field.rule pre").text.startswith("missed: extracted nothing")
+    assert opened.find_element("css selector", ".field.judge_reply pre").text == "A"
+
+
+def test_wrong_only_leaves_the_questions_with_any_wrong_answer(driver, chat_page, chat_runs):
+    from chat_expect import right_answers, runs
+
+    open_page(driver, chat_page)
+    for dataset in ("aime2025_repeat_32", "lcb_code_generation_repeat_6", "IFEval"):
+        items = chat_runs.suite.key.items[dataset]
+        click(driver, dataset, ".wrong-only")
+        wrong = [row for row, item in zip(expected_rows(dataset, items), items)
+                 if right_answers(item, dataset) < runs(dataset)]
+        assert wait_for(driver, lambda d, name=dataset: rows(d, name), wrong)
+    note = section(driver, "aime2025_repeat_32").find_element("css selector", ".filters .note").text
+    assert note == "each question was asked 32 times: a question counts as wrong (or invalid) if any of its answers is"

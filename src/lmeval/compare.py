@@ -1,14 +1,18 @@
 """Comparing runs: their scores side by side, and for each run after the first its difference to
 the first with a 95% confidence interval, so a user can tell a better checkpoint from noise.
 
-The interval comes from a paired bootstrap over the prompts both runs answered (matched by
-prompt text, so runs of the same dataset pair up whatever order OpenCompass wrote them in):
-the per-prompt differences of the outcomes (1 correct, 0 not) are resampled with replacement
-BOOTSTRAP_RESAMPLES times from a fixed seed, and the interval is the 2.5th to 97.5th percentile
-of the resampled mean difference. A difference whose interval holds 0 is not significant.
+The interval comes from a paired bootstrap over the questions both runs answered, clustered
+(Miller 2024, "Adding Error Bars to Evals"): a question asked n times counts once, its outcome
+the share of its n answers right (1 correct, 0 otherwise), so the 32 answers to one AIME problem
+are one draw, not 32. Questions are matched by prompt text (all n answers to a question share
+it), so runs of the same dataset pair up whatever order OpenCompass wrote them in; the
+per-question differences of the outcomes are resampled with replacement BOOTSTRAP_RESAMPLES times
+from a fixed seed, and the interval is the 2.5th to 97.5th percentile of the resampled mean
+difference. A difference whose interval holds 0 is not significant. Each run's score shows its
+standard error over questions (lmeval.stats).
 
-Drawing the resamples as multinomial counts over the distinct differences (-1, 0, +1) is the
-same distribution as resampling the prompts one by one, in milliseconds for 10,000 prompts.
+Drawing the resamples as multinomial counts over the distinct differences is the same
+distribution as resampling the questions one by one, in milliseconds for 10,000 questions.
 """
 
 from __future__ import annotations
@@ -20,20 +24,18 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmeval import outputs
+from lmeval import outputs, stats
 from lmeval.exceptions import UsageError
 from lmeval.results import RunScores, run_scores, score_text
-from lmeval.samples import CORRECT, UNSCORED, dataset_samples
+from lmeval.samples import dataset_questions
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 FORMATS = ("table", "json", "csv", "markdown")
-METHOD = (f"{CONFIDENCE:.0%} confidence interval of each difference from a paired bootstrap over the prompts "
-          f"both runs share ({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED})")
-# A dataset's score must be the share of its prompts judged correct for the per-prompt
-# outcomes to say anything about its difference; half of a display digit is the slack.
-SCORE_SLACK = 0.005
+METHOD = (f"{CONFIDENCE:.0%} confidence interval of each difference from a paired bootstrap over the questions "
+          f"both runs share, a question's n answers counting once as their share right ({BOOTSTRAP_RESAMPLES:,} "
+          f"resamples, seed {BOOTSTRAP_SEED}); ± standard error over questions")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Difference:
     delta: float | None
     low: float | None  # the interval; None where the outcomes cannot give one (see `why`)
     high: float | None
-    prompts: int  # prompts the interval is over (both runs answered them)
+    questions: int  # questions the interval is over (both runs answered them)
     why: str | None = None  # why there is no interval
 
     @property
@@ -58,6 +60,7 @@ class Row:
     dataset: str
     metric: str
     scores: list[float | None]  # per run, in the order given
+    errors: list[float | None]  # each score's standard error over questions
     differences: list[Difference]  # per run after the first
 
 
@@ -76,29 +79,37 @@ def main_scores(run: RunScores) -> dict[str, outputs.Score]:
     return scores
 
 
+def question_outcomes(run: RunScores, dataset: str) -> dict[tuple[str, int], float] | str:
+    """Each question's outcome (the share of its answers right) of DATASET in RUN, keyed by its
+    prompt and which asking of that prompt it is (a dataset may hold a prompt twice); or why
+    there are none."""
+    if not outputs.predictions_file(run.folder, run.model, dataset).is_file():
+        return f"run {run.folder.name} has no per-question outcomes of {dataset} (a group of datasets?)"
+    questions = dataset_questions(run.folder, run.model, dataset)
+    shares = stats.outcomes(questions)
+    if shares is None:
+        return f"run {run.folder.name} has not scored {dataset}'s answers"
+    if not stats.is_mean(main_scores(run)[dataset].value, shares):
+        return f"{dataset}'s score is not the mean of its questions' shares of answers right"
+    seen: Counter[str] = Counter()
+    keyed = {}
+    for question, share in zip(questions, shares):
+        seen[question.prompt] += 1
+        keyed[(question.prompt, seen[question.prompt])] = share
+    return keyed
+
+
 def paired_outcomes(first: RunScores, later: RunScores, dataset: str) -> tuple[list[float], list[float]] | str:
-    """The outcomes (1 correct, 0 not) of the prompts of DATASET both runs answered, in pairs;
-    or why there are none to pair."""
+    """The outcomes of the questions of DATASET both runs answered, in pairs; or why there are none."""
     keyed = []
     for run in (first, later):
-        if not outputs.predictions_file(run.folder, run.model, dataset).is_file():
-            return f"run {run.folder.name} has no per-prompt outcomes of {dataset} (a group of datasets?)"
-        samples = dataset_samples(run.folder, run.model, dataset)
-        if any(sample.outcome == UNSCORED for sample in samples):
-            return f"run {run.folder.name} has not scored {dataset}'s prompts"
-        share = 100 * sum(sample.outcome == CORRECT for sample in samples) / len(samples) if samples else None
-        value = main_scores(run)[dataset].value
-        if share is None or value is None or abs(share - value) > SCORE_SLACK:
-            return f"{dataset}'s score is not the share of its prompts answered right"
-        seen: Counter[str] = Counter()
-        outcomes = {}
-        for sample in samples:  # a prompt asked twice pairs with the same prompt's second asking
-            seen[sample.prompt] += 1
-            outcomes[(sample.prompt, seen[sample.prompt])] = float(sample.outcome == CORRECT)
-        keyed.append(outcomes)
+        found = question_outcomes(run, dataset)
+        if isinstance(found, str):
+            return found
+        keyed.append(found)
     shared = [key for key in keyed[0] if key in keyed[1]]
     if not shared:
-        return f"runs {first.folder.name} and {later.folder.name} share no prompt of {dataset}"
+        return f"runs {first.folder.name} and {later.folder.name} share no question of {dataset}"
     return [keyed[0][key] for key in shared], [keyed[1][key] for key in shared]
 
 
@@ -144,7 +155,8 @@ def compare(work_dir: Path, run_ids: list[str]) -> Comparison:
     not_compared = {name: [run.folder.name for run, scores in zip(runs, per_run) if name in scores]
                     for name in everywhere if name not in shared}
     rows = [Row(name, per_run[0][name].metric, [scores[name].value for scores in per_run],
-                [difference(runs[0], run, name) for run in runs[1:]]) for name in shared]
+                [scores[name].stderr for scores in per_run], [difference(runs[0], run, name) for run in runs[1:]])
+            for name in shared]
     return Comparison(runs, rows, not_compared)
 
 
@@ -161,8 +173,7 @@ def difference_text(diff: Difference) -> str:
 
 
 def notes(comparison: Comparison) -> list[str]:
-    """What the table does not say by itself: datasets left out, intervals missing or over
-    fewer prompts than a run has."""
+    """What the table does not say by itself: datasets left out, and intervals missing."""
     lines = [f"not compared: {name} (only in {', '.join(runs)})" for name, runs in comparison.not_compared.items()]
     for row in comparison.rows:
         for run, diff in zip(comparison.runs[1:], row.differences):
@@ -178,7 +189,7 @@ def headers(comparison: Comparison) -> list[str]:
 
 
 def cells(row: Row) -> list[str]:
-    return [row.dataset, row.metric, *map(score_text, row.scores), *map(difference_text, row.differences)]
+    return [row.dataset, row.metric, *map(score_text, row.scores, row.errors), *map(difference_text, row.differences)]
 
 
 def print_comparison(app, comparison: Comparison, fmt: str = "table") -> None:
@@ -207,8 +218,9 @@ def as_json(comparison: Comparison) -> str:
         "datasets": [{
             "dataset": row.dataset, "metric": row.metric,
             "scores": {run.folder.name: value for run, value in zip(runs, row.scores)},
+            "stderr": {run.folder.name: error for run, error in zip(runs, row.errors)},
             "differences": {run.folder.name: {"delta": diff.delta, "ci_low": diff.low, "ci_high": diff.high,
-                                              "significant": diff.significant, "prompts": diff.prompts,
+                                              "significant": diff.significant, "questions": diff.questions,
                                               "no_interval_because": diff.why}
                             for run, diff in zip(runs[1:], row.differences)},
         } for row in comparison.rows],
@@ -220,16 +232,16 @@ def as_csv(comparison: Comparison) -> str:
     """One line per dataset and run: its score and, after the first run, its difference."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["dataset", "metric", "run_id", "model", "score", "delta", "ci_low", "ci_high", "significant",
-                     "prompts"])
+    writer.writerow(["dataset", "metric", "run_id", "model", "score", "stderr", "delta", "ci_low", "ci_high",
+                     "significant", "questions"])
     for row in comparison.rows:
-        for position, (run, value) in enumerate(zip(comparison.runs, row.scores)):
+        for position, (run, value, error) in enumerate(zip(comparison.runs, row.scores, row.errors)):
             diff = row.differences[position - 1] if position else None
-            writer.writerow([row.dataset, row.metric, run.folder.name, run.model, score_text(value),
+            writer.writerow([row.dataset, row.metric, run.folder.name, run.model, score_text(value), _number(error),
                              *(("", "", "", "", "") if diff is None else (
                                  _number(diff.delta), _number(diff.low), _number(diff.high),
                                  "" if diff.significant is None else str(diff.significant).lower(),
-                                 diff.prompts or ""))])
+                                 diff.questions or ""))])
     return buffer.getvalue().rstrip("\n")
 
 

@@ -1,8 +1,11 @@
 """`lmeval report`: one HTML page per run that opens from disk with no network: the run's
-settings from its manifest, its scores and, per dataset, every sample (prompt, answer, the
-model's reasoning, gold, outcome, the judge's reply) with filters.
+settings from its manifest, its scores with their standard errors and, per dataset, every
+question with its answers (prompt, answer, the model's reasoning, gold, outcome, the judge's
+reply, a cascade's rule verdict, what IFEval's or LiveCodeBench's checker found) with filters.
+A dataset asked n times shows a row per question, `k of n` right, that opens to its answers;
+a group of datasets (mmlu_pro) shows its datasets under it.
 
-The samples are embedded as JSON and rendered by the page's own script, a page of rows at a
+The questions are embedded as JSON and rendered by the page's own script, a page of rows at a
 time, so the page stays quick with 10,000 of them. Every text from the run reaches the page
 escaped (jinja2's autoescape, `tojson`) and the script only ever sets `textContent`; the page's
 Content-Security-Policy refuses any fetch, so a prediction holding HTML can neither run nor
@@ -21,12 +24,11 @@ from typing import Any
 
 import jinja2
 
-from lmeval import __version__, outputs
+from lmeval import __version__, outputs, stats
 from lmeval.exceptions import UsageError
 from lmeval.files import write_private
-from lmeval.results import INVALID_COLUMN, invalid_text, judged_scores, read_manifest, score_text
-from lmeval.runlist import dataset_names
-from lmeval.samples import CORRECT, INCORRECT, INVALID, UNSCORED, Sample, dataset_samples
+from lmeval.results import INVALID_COLUMN, STDERR_NOTE, invalid_text, judged_scores, read_manifest, score_text
+from lmeval.samples import CORRECT, INCORRECT, INVALID, UNSCORED, Question, Sample, dataset_questions
 
 OUTCOMES = (CORRECT, INCORRECT, INVALID, UNSCORED)
 PAGE_ROWS = 200  # rows the page renders at first, and each time the user scrolls to the end of a table
@@ -35,8 +37,18 @@ PAGE_ROWS = 200  # rows the page renders at first, and each time the user scroll
 @dataclass(frozen=True)
 class DatasetPart:
     name: str
-    samples: list[Sample] | None  # None: no predictions (see missing)
+    questions: list[Question] | None  # None: no predictions (see missing)
     missing: str = ""
+    group: str | None = None  # the summary row of the group it is one of (mmlu_pro)
+
+    @property
+    def answers(self) -> list[Sample]:
+        return [answer for question in self.questions or [] for answer in question.answers]
+
+    @property
+    def runs(self) -> int:
+        """How many times each question was asked."""
+        return len(self.questions[0].answers) if self.questions else 1
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,7 @@ class RunReport:
 
     @property
     def missing(self) -> list[DatasetPart]:
-        return [part for part in self.datasets if part.samples is None]
+        return [part for part in self.datasets if part.questions is None]
 
 
 def read_run(run_dir: Path) -> RunReport:
@@ -57,16 +69,17 @@ def read_run(run_dir: Path) -> RunReport:
     predictions is refused."""
     manifest = read_manifest(run_dir)
     model = manifest["model_abbr"]
-    names = dataset_names(manifest)
-    if not names:
+    groups = stats.run_parts(manifest)
+    if not groups:
         raise UsageError(f"the manifest of run {run_dir.name} names no datasets: nothing to report")
     parts = []
-    for name in names:
-        if outputs.predictions_file(run_dir, model, name).is_file():
-            parts.append(DatasetPart(name, dataset_samples(run_dir, model, name)))
-        else:
-            parts.append(DatasetPart(name, None, f"no predictions yet ({outputs.predictions_file(run_dir, model, name)})"))
-    if all(part.samples is None for part in parts):
+    for group in groups:
+        for name in group.datasets:
+            path = outputs.predictions_file(run_dir, model, name)
+            within = group.row if group.is_group else None
+            parts.append(DatasetPart(name, dataset_questions(run_dir, model, name), group=within) if path.is_file()
+                         else DatasetPart(name, None, f"no predictions yet ({path})", within))
+    if all(part.questions is None for part in parts):
         raise UsageError(f"run {run_dir.name} has no predictions yet; infer them with "
                          f"`lmeval infer --reuse {run_dir.name}`")
     summary = outputs.latest_summary(run_dir)
@@ -166,19 +179,77 @@ def _stage_rows(manifest: dict) -> list[tuple[str, ...]]:
 
 
 def _score_rows(scores: list[outputs.Score]) -> list[dict[str, str]]:
-    return [{"dataset": score.dataset, "metric": score.metric, "score": score_text(score.value),
+    return [{"dataset": score.dataset, "metric": score.metric, "score": score_text(score.value, score.stderr),
              "invalid": invalid_text(score)} for score in scores]
 
 
-def _dataset_views(parts: list[DatasetPart]) -> list[dict[str, Any]]:
-    views = []
-    for number, part in enumerate(parts, 1):
-        counts = Counter(sample.outcome for sample in part.samples or [])
-        views.append({"name": part.name, "anchor": f"dataset-{number}", "missing": part.missing,
-                      "total": len(part.samples or []),
-                      "counts": [(outcome, counts[outcome]) for outcome in OUTCOMES if counts[outcome]],
-                      "judged": any(sample.judge_reply is not None for sample in part.samples or [])})
-    return views
+def _tally(part: DatasetPart) -> str:
+    """What a dataset holds, in words: its samples by outcome; for one asked n times, its
+    questions by how often they were answered right too."""
+    questions, runs = part.questions or [], part.runs
+    counts = Counter(answer.outcome for answer in part.answers)
+    outcomes = ", ".join(f"{counts[outcome]} {outcome}" for outcome in OUTCOMES if counts[outcome])
+    if runs == 1:
+        return f"{len(questions)} sample{'' if len(questions) == 1 else 's'}: {outcomes}"
+    always = sum(question.correct == runs for question in questions)
+    never = sum(question.scored and question.correct == 0 for question in questions)
+    return (f"{len(questions)} questions, {runs} answers each: {always} always right, "
+            f"{len(questions) - always - never} sometimes, {never} never; {runs * len(questions)} answers: {outcomes}")
+
+
+def _score_line(score: outputs.Score | None) -> str:
+    return "" if score is None else f"{score.metric} {score_text(score.value, score.stderr)}"
+
+
+def _dataset_score(part: DatasetPart, scores: dict[str, outputs.Score]) -> str:
+    """The dataset's score with its standard error: its summary row's, else (a dataset of a
+    group) the mean of its questions' outcomes."""
+    if part.name in scores:
+        return _score_line(scores[part.name])
+    shares = stats.outcomes(part.questions or [])
+    return "" if shares is None else f"score {score_text(100 * sum(shares) / len(shares), stats.mean_stderr(shares))}"
+
+
+ANSWER_FIELDS = ("index", "run", "prediction", "reasoning", "outcome", "judge_reply", "rule", "checks")
+
+
+def _question_view(question: Question) -> dict[str, Any]:
+    """A question as the page's script reads it; an answer's fields it lacks are left out (the
+    page stays smaller)."""
+    return {"index": question.index, "prompt": question.prompt, "gold": question.gold, "correct": question.correct,
+            "answers": [{field: getattr(answer, field) for field in ANSWER_FIELDS if getattr(answer, field) is not None}
+                        for answer in question.answers]}
+
+
+def _blocks(report: RunReport) -> list[dict[str, Any]]:
+    """The page's sections: each dataset on its own, or a group's datasets under the group."""
+    scores = {}
+    for score in report.scores or []:
+        scores.setdefault(score.dataset, score)
+    blocks: list[dict[str, Any]] = []
+    groups = 0
+    for number, part in enumerate(report.datasets, 1):
+        counts = Counter(answer.outcome for answer in part.answers)
+        view = {"name": part.name, "anchor": f"dataset-{number}", "missing": part.missing, "tally": _tally(part),
+                "score": _dataset_score(part, scores), "answers": len(part.answers), "runs": part.runs,
+                "counts": [(outcome, counts[outcome]) for outcome in OUTCOMES if counts[outcome]],
+                "judged": any(answer.judge_reply is not None for answer in part.answers)}
+        if part.group is None:
+            blocks.append({"group": None, "datasets": [view]})
+        elif blocks and blocks[-1]["group"] == part.group:
+            blocks[-1]["datasets"].append(view)
+        else:
+            groups += 1
+            blocks.append({"group": part.group, "anchor": f"group-{groups}",
+                           "score": _score_line(scores.get(part.group)), "datasets": [view]})
+    return blocks
+
+
+def _anchors(blocks: list[dict[str, Any]]) -> dict[str, str]:
+    """Where each dataset and group is on the page, for the score table's links."""
+    anchors = {view["name"]: view["anchor"] for block in blocks for view in block["datasets"]}
+    anchors.update({block["group"]: block["anchor"] for block in blocks if block["group"]})
+    return anchors
 
 
 def render_page(report: RunReport) -> str:
@@ -187,6 +258,7 @@ def render_page(report: RunReport) -> str:
                                      trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     environment.policies["json.dumps_kwargs"] = {"sort_keys": False}  # datasets and fields in the run's order
     template = environment.get_template("report.html.j2")
+    blocks = _blocks(report)
     return template.render(
         title=f"{report.model}, run {report.run_dir.name}",
         model=report.model,
@@ -194,6 +266,7 @@ def render_page(report: RunReport) -> str:
         version=__version__,
         made=datetime.now().strftime("%Y-%m-%d %H:%M"),
         scores=_score_rows(report.scores or []),
+        stderr_note=STDERR_NOTE,
         invalid_column=INVALID_COLUMN,
         any_judged=any(score.judge_replies is not None for score in report.scores or []),
         run_rows=_run_rows(report),
@@ -204,9 +277,11 @@ def render_page(report: RunReport) -> str:
         stage_columns=STAGE_COLUMNS,
         stage_rows=_stage_rows(report.manifest),
         versions=sorted((report.manifest.get("versions") or {}).items()),
-        datasets=_dataset_views(report.datasets),
-        samples={part.name: [vars(sample) for sample in part.samples]
-                 for part in report.datasets if part.samples is not None},
+        blocks=blocks,
+        anchors=_anchors(blocks),
+        datasets=len(report.datasets),
+        samples={part.name: [_question_view(question) for question in part.questions]
+                 for part in report.datasets if part.questions is not None},
         page_rows=PAGE_ROWS,
     )
 

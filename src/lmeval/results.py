@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmeval import outputs
@@ -17,8 +17,15 @@ from lmeval.exceptions import UsageError
 FORMATS = ("table", "json", "csv", "markdown")
 
 
-def score_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def score_text(value: float | None, stderr: float | None = None) -> str:
+    """`40.00`, or `40.00 ± 8.94` with its standard error."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if stderr is None else f"{value:.2f} ± {stderr:.2f}"
+
+
+STDERR_NOTE = ("±: standard error over questions (a question's n answers count once, as their share right); "
+               "none where the score is not such a mean or has fewer than two questions")
 
 
 INVALID_COLUMN = "invalid judge replies"
@@ -46,17 +53,19 @@ def invalid_warnings(scores: list[outputs.Score]) -> list[str]:
 def render_scores(model: str, scores: list[outputs.Score], fmt: str) -> str:
     """SCORES in FMT; the table is rendered by rich by the caller, the others are plain text."""
     extra = any_invalid(scores)
-    rows = [(s.dataset, s.metric, score_text(s.value), *([invalid_text(s)] if extra else [])) for s in scores]
+    rows = [(s.dataset, s.metric, score_text(s.value, s.stderr), *([invalid_text(s)] if extra else []))
+            for s in scores]
     if fmt == "json":
         return json.dumps([{"dataset": s.dataset, "metric": s.metric, "model": model, "score": s.value,
-                            "judge_replies": s.judge_replies, "judge_invalid": s.judge_invalid}
+                            "stderr": s.stderr, "judge_replies": s.judge_replies, "judge_invalid": s.judge_invalid}
                            for s in scores], indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["dataset", "metric", model, *(["invalid_judge_replies", "judge_replies"] if extra else [])])
-        writer.writerows([(s.dataset, s.metric, score_text(s.value),
-                           *([_count(s.judge_invalid), _count(s.judge_replies)] if extra else []))
+        writer.writerow(["dataset", "metric", model, "stderr",
+                         *(["invalid_judge_replies", "judge_replies"] if extra else [])])
+        writer.writerows([(s.dataset, s.metric, score_text(s.value), score_text(s.stderr) if s.stderr is not None
+                           else "", *([_count(s.judge_invalid), _count(s.judge_replies)] if extra else []))
                           for s in scores])
         return buffer.getvalue().rstrip("\n")
     head = f"| dataset | metric | {model} |" + (f" {INVALID_COLUMN} |" if extra else "")
@@ -78,20 +87,23 @@ def print_scores(app, model: str, scores: list[outputs.Score], fmt: str = "table
     from rich.table import Table
 
     extra = any_invalid(scores)
-    table = Table(title=f"Scores of {model}")
+    table = Table(title=f"Scores of {model}", caption=STDERR_NOTE if any(s.stderr is not None for s in scores)
+                  else None)
     table.add_column("dataset")
     table.add_column("metric")
     table.add_column(model, justify="right")
     if extra:
         table.add_column(INVALID_COLUMN, justify="right")
     for score in scores:
-        table.add_row(score.dataset, score.metric, score_text(score.value), *([invalid_text(score)] if extra else []))
+        table.add_row(score.dataset, score.metric, score_text(score.value, score.stderr),
+                      *([invalid_text(score)] if extra else []))
     app.out.print(table)
 
 
 def judged_scores(run_dir: Path, model: str, scores: list[outputs.Score], manifest: dict) -> list[outputs.Score]:
-    """SCORES with the judge's reply counts: as the run recorded them, else counted from the
-    judge's files of the datasets the manifest says are behind each row."""
+    """SCORES with the judge's reply counts and their standard errors: as the run recorded
+    them, else counted from the judge's files of the datasets the manifest says are behind each
+    row, and computed from the run's files (lmeval.stats; only for runs that lack them)."""
     recorded = {(entry.get("dataset"), entry.get("metric")): entry for entry in manifest.get("scores") or []}
     rows = manifest.get("judge_rows") or {}
     filled = []
@@ -101,8 +113,12 @@ def judged_scores(run_dir: Path, model: str, scores: list[outputs.Score], manife
             counts = outputs.JudgeReplies(entry["judge_replies"], entry.get("judge_invalid") or 0)
         else:
             counts = outputs.judge_replies(run_dir, model, rows.get(score.dataset, [score.dataset]))
-        filled.append(outputs.with_judge_replies(score, counts))
-    return filled
+        filled.append(replace(outputs.with_judge_replies(score, counts), stderr=entry.get("stderr")))
+    if all(score.stderr is not None for score in filled):
+        return filled  # a row without one may be a run recorded before lmeval computed them: look again
+    from lmeval.stats import with_stderr
+
+    return with_stderr(run_dir, manifest, filled)
 
 
 def read_manifest(run_dir: Path) -> dict:

@@ -20,10 +20,11 @@ def command(
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the comparison as a bar chart "
                                               "into this .png or .svg file.", metavar="FILE")] = None,
 ) -> None:
-    """Compare runs on the datasets they share: each run's score, and its difference to the
-    first run with a 95% confidence interval from a paired bootstrap over the prompts both runs
-    answered (10,000 resamples, seed 0). A difference whose interval holds 0 is marked not
-    significant."""
+    """Compare runs on the datasets they share: each run's score with its standard error over
+    questions, and its difference to the first run with a 95% confidence interval from a paired
+    bootstrap over the questions both runs answered, a question asked n times counting once as
+    its share of answers right (10,000 resamples, seed 0). A difference whose interval holds 0 is
+    marked not significant."""
     ctx.obj.run(compare, run_ids=runs, work_dir=work_dir, fmt=fmt, plot=plot)
 
 

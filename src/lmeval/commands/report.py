@@ -20,8 +20,9 @@ def command(
                                                    f"the page (default: RUN_DIR/{REPORT_NAME}).")] = None,
     open_page: Annotated[bool, typer.Option("--open", help="Open the page in the browser.")] = False,
 ) -> None:
-    """Write one HTML page of a run that opens from disk: its settings, scores and every sample
-    (prompt, prediction, reasoning, judge reply) with filters. Prints the page's path."""
+    """Write one HTML page of a run that opens from disk: its settings, scores (± standard error
+    over questions) and every question with its answers (prompt, prediction, reasoning, judge
+    reply, the checker's findings) with filters. Prints the page's path."""
     ctx.obj.run(report, run=run, work_dir=work_dir, output=output, open_page=open_page)
 
 
@@ -35,7 +36,9 @@ def report(app, *, run: str, work_dir: Path, output: Path | None, open_page: boo
     for part in content.missing:
         app.warn(f"{part.name}: {part.missing}")
     path = write_page(render_page(content), output or folder / REPORT_NAME)
-    app.info(f"wrote the report of {sum(len(part.samples or []) for part in content.datasets)} samples")
+    answers = sum(len(part.answers) for part in content.datasets)
+    questions = sum(len(part.questions or []) for part in content.datasets)
+    app.info(f"wrote the report of {answers} samples" + (f" ({questions} questions)" if questions != answers else ""))
     if open_page:
         import webbrowser
 

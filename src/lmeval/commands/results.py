@@ -18,7 +18,7 @@ def command(
     work_dir: WorkDir = DEFAULT_WORK_DIR,
     fmt: Annotated[str, typer.Option("--format", help="table, json, csv or markdown.")] = "table",
 ) -> None:
-    """Show the scores of a run."""
+    """Show the scores of a run, each with its standard error over questions (±)."""
     ctx.obj.run(results, run=run, work_dir=work_dir, fmt=fmt)
 
 
