@@ -154,8 +154,9 @@ LCB = [  # (title, question, starter code, function name, [(input, output)], rep
 
 MMLU_PRO_CATEGORIES = ["math", "physics", "chemistry", "law", "engineering", "other", "economics", "health",
                        "psychology", "business", "biology", "philosophy", "computer science", "history"]
-# Per category, whether each of its questions is answered right: math and physics hold several.
-MMLU_PRO_RIGHT = {category: [position % 2 == 0] for position, category in enumerate(MMLU_PRO_CATEGORIES)}
+# Per category, whether each of its questions is answered right (two or more each, so that each
+# category's score has a standard error, and so the group's).
+MMLU_PRO_RIGHT = {category: [position % 2 == 0, True] for position, category in enumerate(MMLU_PRO_CATEGORIES)}
 MMLU_PRO_RIGHT["math"] = [True, True, False]
 MMLU_PRO_RIGHT["physics"] = [False, True]
 LETTERS = "ABCDEFGHIJ"

@@ -15,6 +15,7 @@ and the crash/resume chain several test modules read.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import threading
@@ -68,11 +69,21 @@ def write_scenario(folder: Path, qa_rows: list[QaRow], mc_rows: list[McRow]) -> 
     entries = [{"match": q, "reply": reply} for q, _, reply in qa_rows]
     entries += [{"match": q, "reply": f"The answer is {reply}."} for q, _, _, reply in mc_rows]
     key.write_text(json.dumps(entries))
-    expected = {
-        "trivia": 100 * sum(judge_agrees(reply, gold) for _, gold, reply in qa_rows) / len(qa_rows),
-        "choices": 100 * sum(reply == gold for _, _, gold, reply in mc_rows) / len(mc_rows),
-    }
+    outcomes = row_outcomes(qa_rows, mc_rows)
+    expected = {name: 100 * sum(right) / len(right) for name, right in outcomes.items()}
     return qa, mc, key, expected
+
+
+def row_outcomes(qa_rows: list[QaRow], mc_rows: list[McRow]) -> dict[str, list[bool]]:
+    """Whether each row is answered right, by dataset: by the stand-in judge's rule, or the letter."""
+    return {"trivia": [judge_agrees(reply, gold) for _, gold, reply in qa_rows],
+            "choices": [reply == gold for _, _, gold, reply in mc_rows]}
+
+
+def standard_error(right: list[bool]) -> float:
+    """The standard error over questions, in points: 100 sd(outcomes, n - 1) / sqrt(n), written out here."""
+    n, share = len(right), sum(right) / len(right)
+    return 100 * math.sqrt(share * (1 - share) * n / (n - 1)) / math.sqrt(n)
 
 
 @dataclass
@@ -243,12 +254,18 @@ class ChainScenario:
     key: Path
     expected: dict[str, str]  # dataset -> score as the table shows it
     questions: dict[str, list[str]]  # dataset -> the answer-key match of each row, by index
+    errors: dict[str, str]  # dataset -> its standard error as the table shows it
+
+    def shown(self, dataset: str) -> str:
+        """The score's cell in the table: `66.67 ± 14.21`."""
+        return f"{self.expected[dataset]} ± {self.errors[dataset]}"
 
 
 def make_chain_scenario(folder: Path) -> ChainScenario:
     qa, mc, key, expected = write_scenario(folder, QA_ROWS, MC_ROWS)
     questions = {"trivia": [q for q, _, _ in QA_ROWS], "choices": [q for q, *_ in MC_ROWS]}
-    return ChainScenario(qa, mc, key, {name: f"{score:.2f}" for name, score in expected.items()}, questions)
+    errors = {name: f"{standard_error(right):.2f}" for name, right in row_outcomes(QA_ROWS, MC_ROWS).items()}
+    return ChainScenario(qa, mc, key, {name: f"{score:.2f}" for name, score in expected.items()}, questions, errors)
 
 
 def chain_args(scenario: ChainScenario, work_dir: Path, *extra: str) -> list[str]:
@@ -410,6 +427,15 @@ def sweep_models(folder: Path, replies: dict[str, tuple[list[QaRow], list[McRow]
         expected[name] = {dataset: round(score, 2) for dataset, score in scores.items()}
         datasets = ["--dataset", str(qa), "--dataset", str(mc)]
     return folders, datasets, keys, expected
+
+
+def sweep_cells(replies: dict[str, tuple[list[QaRow], list[McRow]]]) -> dict[str, dict[str, str]]:
+    """Each model's score cells as the tables show them: `66.67 ± 14.21`."""
+    cells = {}
+    for name, (qa_rows, mc_rows) in replies.items():
+        cells[name] = {dataset: f"{100 * sum(right) / len(right):.2f} ± {standard_error(right):.2f}"
+                       for dataset, right in row_outcomes(qa_rows, mc_rows).items()}
+    return cells
 
 
 def run_manifests(work_dir: Path) -> dict[str, dict]:

@@ -103,10 +103,10 @@ def test_results_count_a_group_row_over_its_datasets_as_the_run_recorded_it(tmp_
     write_judged_run(recorded, REPLIES, [
         {"dataset": "mmlu_pro", "metric": "naive_average", "value": 50.0, "judge_replies": 5, "judge_invalid": 2},
         {"dataset": "trivia", "metric": "accuracy", "value": 25.0, "judge_replies": 4, "judge_invalid": 1}])
-    expected = [
-        {"dataset": "mmlu_pro", "metric": "naive_average", "model": "m", "score": 50.0, "judge_replies": 5,
-         "judge_invalid": 2},
-        {"dataset": "trivia", "metric": "accuracy", "model": "m", "score": 25.0, "judge_replies": 4,
+    expected = [  # no predictions here: no outcomes per question, so no standard error
+        {"dataset": "mmlu_pro", "metric": "naive_average", "model": "m", "score": 50.0, "stderr": None,
+         "judge_replies": 5, "judge_invalid": 2},
+        {"dataset": "trivia", "metric": "accuracy", "model": "m", "score": 25.0, "stderr": None, "judge_replies": 4,
          "judge_invalid": 1},
     ]
     for run_dir in (by_files, recorded):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from scenarios import make_scenario
+from scenarios import MC_ROWS, QA_ROWS, make_scenario, row_outcomes, standard_error
 from toolkit import MODELS, REAL_LMDEPLOY, TOOLS, leftovers, shown_scores
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
@@ -66,7 +66,10 @@ def test_infer_then_judge_reuse_gives_the_same_scores(scenario, tmp_path, lmeval
 
     shown = lmeval_runner.run("results", run_id, "-w", str(work_dir), "--format", "csv")
     assert shown.poll() == 0, shown.transcript()
-    assert shown.stdout.splitlines() == ["dataset,metric,demo-chat", "trivia,accuracy,60.00", "choices,accuracy,80.00"]
+    errors = {name: f"{standard_error(right):.2f}" for name, right in row_outcomes(QA_ROWS[:5], MC_ROWS).items()}
+    assert errors == {"trivia": "24.49", "choices": "20.00"}
+    assert shown.stdout.splitlines() == ["dataset,metric,demo-chat,stderr", f"trivia,accuracy,60.00,{errors['trivia']}",
+                                         f"choices,accuracy,80.00,{errors['choices']}"]
 
 
 @pytest.mark.usefixtures("venvs")

@@ -118,16 +118,18 @@ def test_resumed_run_ends_with_the_exact_scores_and_shows_invalid_judge_replies(
     resume = chain.judge_resume
     rows = score_rows(resume.stdout)
     expected = chain.scenario.expected
-    assert rows == {"trivia": ["accuracy", expected["trivia"], "1 of 12"],
-                    "choices": ["accuracy", expected["choices"], ""]}
+    scenario = chain.scenario
+    assert rows == {"trivia": ["accuracy", scenario.shown("trivia"), "1 of 12"],
+                    "choices": ["accuracy", scenario.shown("choices"), ""]}
     assert ("lmeval: warning: trivia: 1 of 12 judge replies were neither A (correct) nor B (incorrect); "
             "OpenCompass counts them as wrong in accuracy") in resume.stderr.splitlines()
     manifest = read_json(chain.run_dir / "lmeval.json")
     assert manifest["scores"] == [
         {"dataset": "trivia", "metric": "accuracy", "value": float(expected["trivia"]),
-         "judge_replies": 12, "judge_invalid": 1},
+         "judge_replies": 12, "judge_invalid": 1, "stderr": pytest.approx(float(scenario.errors["trivia"]), abs=0.005)},
         {"dataset": "choices", "metric": "accuracy", "value": float(expected["choices"]),
-         "judge_replies": None, "judge_invalid": None},
+         "judge_replies": None, "judge_invalid": None,
+         "stderr": pytest.approx(float(scenario.errors["choices"]), abs=0.005)},
     ]
     # Counted once more from the judge's files, through the rows the manifest says they are behind.
     assert manifest["judge_rows"] == {"trivia": ["trivia"]}
@@ -136,9 +138,9 @@ def test_resumed_run_ends_with_the_exact_scores_and_shows_invalid_judge_replies(
     shown = chain.results_csv
     assert shown.poll() == 0, shown.transcript()
     assert shown.stdout.splitlines() == [
-        "dataset,metric,demo-chat,invalid_judge_replies,judge_replies",
-        f"trivia,accuracy,{expected['trivia']},1,12",
-        f"choices,accuracy,{expected['choices']},,",
+        "dataset,metric,demo-chat,stderr,invalid_judge_replies,judge_replies",
+        f"trivia,accuracy,{expected['trivia']},{scenario.errors['trivia']},1,12",
+        f"choices,accuracy,{expected['choices']},{scenario.errors['choices']},,",
     ]
 
 

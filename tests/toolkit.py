@@ -398,16 +398,16 @@ def no_driver_warning(gpus: str) -> list[str]:
 
 
 def score_rows(stdout: str) -> dict[str, list[str]]:
-    """The rows of the results table as printed: dataset -> [metric, score, (invalid replies)]."""
+    """The rows of the results table as printed: dataset -> [metric, score (± its error), (invalid replies)]."""
     rows = {}
     for line in stdout.splitlines():
         cells = [cell.strip() for cell in re.split(r"[│|]", line)]
         cells = cells[1:-1] if len(cells) > 2 else []
-        if len(cells) >= 3 and re.fullmatch(r"\d+\.\d\d|-", cells[2]):
+        if len(cells) >= 3 and re.fullmatch(r"(?:\d+\.\d\d|-)(?: ± \d+\.\d\d)?", cells[2]):
             rows[cells[0]] = cells[1:]
     return rows
 
 
 def shown_scores(stdout: str) -> dict[str, float]:
-    """dataset -> the score the results table shows."""
-    return {dataset: float(row[1]) for dataset, row in score_rows(stdout).items()}
+    """dataset -> the score the results table shows (without its error)."""
+    return {dataset: float(row[1].split(" ± ")[0]) for dataset, row in score_rows(stdout).items()}

@@ -32,6 +32,7 @@ from lmeval.plan import EvalPlan, in_flight, make_plan
 from lmeval.results import print_scores
 from lmeval.runs import move_aside
 from lmeval.signals import interrupt_name
+from lmeval.stats import with_stderr
 from lmeval.streaming import StreamedJudging
 
 SUPERVISE_SECONDS = 0.2
@@ -526,6 +527,7 @@ class Evaluation:
         judge_served = self.wait(judge, judge_served) if judge and not judge_now else judge_served
         self.run_stage(group if shared is None else shared.group, "eval", judge, judge_served)
         scores, eval_failed = self.check_results()
+        scores = with_stderr(self.run_dir, self.manifest.model_dump(), scores)
         self.manifest.scores = [score.__dict__ for score in scores]
         self.finish_stage("eval", eval_failed)
         if judge and shared is None:
