@@ -419,6 +419,8 @@ class Loaded:
             "chat_eval": ("eval", plan([*chat, qa, mc], tokenizer=tok)),
             "subset_eval": ("eval", plan([*cg.select_suite("chat", "gpqa,ifeval")], tokenizer=tok)),
             "rule_only_eval": ("eval", plan([*cg.select_suite("chat", "ifeval,code"), mc], judge=False, tokenizer=tok)),
+            # a streamed evaluation's, or one after other datasets' inference failed: some members of a group
+            "some_eval": ("eval", plan([*chat], tokenizer=tok, only=("IFEval", "mmlu_pro_math", "mmlu_pro_law"))),
         }
         configs = []
         for name, (stage, the_plan) in self.plans.items():
@@ -495,7 +497,7 @@ def test_chat_eval_config_wires_the_judge_into_judged_datasets_only(loaded):
     report = loaded.scenario("chat_eval")
     the_plan = loaded.plans["chat_eval"][1]
     judge = judge_expectations(the_plan)
-    families = {"aime2025": "GenericLLMEvaluator", "GPQA": "CascadeEvaluator", "IFEval": "IFEvaluator",
+    families = {"aime2025": "GenericLLMEvaluator", "GPQA": "CascadeEvaluator", "IFEval": "LmevalIFEvaluator",
                 "lcb_code_generation": "LCBCodeGenerationEvaluator", "mmlu_pro": "GenericLLMEvaluator",
                 "hle": "GenericLLMEvaluator", "my_qa": "GenericLLMEvaluator", "my_mc": "AccEvaluator"}
     for stage in ("loaded", "dumped", "task"):
@@ -538,6 +540,16 @@ def test_subset_and_rule_only_configs(loaded):
     rule = loaded.scenario("rule_only_eval")
     assert [d["abbr"] for d in rule["dumped"]["datasets"]] == ["IFEval", "lcb_code_generation_repeat_6", "my_mc"]
     assert not any(d["judge"] or d["llm_judge"] or d["has_judge_cfg"] for d in rule["dumped"]["datasets"])
+
+
+@pytest.mark.opencompass
+def test_a_config_of_some_datasets_holds_only_them_and_no_row_of_a_group_it_cuts(loaded):
+    report = loaded.scenario("some_eval")
+    for stage in ("loaded", "dumped"):
+        assert [d["abbr"] for d in report[stage]["datasets"]] == ["IFEval", "mmlu_pro_math", "mmlu_pro_law"]
+        assert report[stage]["datasets"][0]["evaluator"] == "lmeval_opencompass.LmevalIFEvaluator"
+    assert report["dumped"]["summarizer"]["dataset_abbrs"] == [["IFEval", "Prompt-level-strict-accuracy"]]
+    assert report["tasks"] == [["IFEval"], ["mmlu_pro_math"], ["mmlu_pro_law"]]
 
 
 @pytest.mark.opencompass

@@ -47,12 +47,16 @@ def compass_cache(env: dict[str, str]) -> Path:
     return Path(cache).absolute() if cache else Path("~/.cache/opencompass").expanduser()
 
 
+def hf_home(env: dict[str, str]) -> Path:
+    """The Hugging Face libraries' home: HF_HOME, else XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface."""
+    return Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface").expanduser()
+
+
 def hf_datasets_cache(env: dict[str, str]) -> Path:
     """The Hugging Face datasets cache, as the datasets library finds it."""
     if env.get("HF_DATASETS_CACHE"):
         return Path(env["HF_DATASETS_CACHE"]).expanduser()
-    home = env.get("HF_HOME") or str(Path(env.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
-    return Path(home).expanduser() / "datasets"
+    return hf_home(env) / "datasets"
 
 
 def hub_dataset_cached(cache: Path, repo: str) -> bool:
@@ -89,8 +93,7 @@ def hub_token(env: dict[str, str]) -> bool:
     """Whether the Hugging Face libraries have a token to read a gated dataset with."""
     if env.get("HF_TOKEN"):
         return True
-    home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface").expanduser()
-    return Path(env.get("HF_TOKEN_PATH") or home / "token").expanduser().is_file()
+    return Path(env.get("HF_TOKEN_PATH") or hf_home(env) / "token").expanduser().is_file()
 
 
 def why_not_fetched(check: DataCheck, env: dict[str, str]) -> str | None:

@@ -100,7 +100,7 @@ def implausible(result: dict, replies: JudgeReplies | None) -> str | None:
 
 INFER_FAILED = re.compile(r" - Infer failed with$")
 DATASET_FINISHED = re.compile(r" - Finished dataset task \[[^\]]*/(?P<dataset>[^\]/]+)\]$")
-LOG_RECORD = re.compile(r"^\d\d/\d\d \d\d:\d\d:\d\d - ")
+LOG_RECORD = re.compile(r"\d\d/\d\d \d\d:\d\d:\d\d - OpenCompass - ")  # tqdm's bars may come first on its line
 
 
 def inference_errors(log: Path) -> dict[str, str]:
@@ -117,7 +117,7 @@ def inference_errors(log: Path) -> dict[str, str]:
         if INFER_FAILED.search(line):
             block = []
             for following in lines[position + 1:]:
-                if LOG_RECORD.match(following):
+                if LOG_RECORD.search(following):
                     break
                 block.append(following)
             pending.append("\n".join(block[-LOG_TAIL_LINES:]))
@@ -177,17 +177,25 @@ class JudgeReplies:
     invalid: int  # neither A (correct) nor B (incorrect)
 
 
+JUDGE_INFIXES = ("", "_llm_judge")  # GenericLLMEvaluator's reply files; CascadeEvaluator's llm_evaluator's
+
+
+def replica_files(run_dir: Path, model: str, dataset: str, infix: str) -> dict[int, Path]:
+    """Run -> the judge's raw replies of that run (`DATASET{INFIX}_replica{run}.json`), in run
+    order: one file per run, written when the judging of that run is complete (`tmp_*` files
+    of an interrupted one are not counted)."""
+    folder = results_file(run_dir, model, dataset).parent
+    pattern = re.compile(rf"{re.escape(dataset)}{infix}_replica(\d+)\.json")
+    found = [pattern.fullmatch(path.name) for path in folder.iterdir()] if folder.is_dir() else []
+    return dict(sorted((int(match[1]), folder / match[0]) for match in found if match))
+
+
 def judge_reply_files(run_dir: Path, model: str, dataset: str) -> list[Path]:
-    """The judge's raw replies for DATASET: one file per replica, written when the judging of
-    that replica is complete (`tmp_*` files of an interrupted one are not counted)."""
-    folder = run_dir / "results" / model
-    if not folder.is_dir():
-        return []
-    for infix in ("", "_llm_judge"):  # GenericLLMEvaluator; CascadeEvaluator's llm_evaluator
-        pattern = re.compile(rf"{re.escape(dataset)}{infix}_replica\d+\.json")
-        found = sorted(path for path in folder.iterdir() if pattern.fullmatch(path.name))
+    """The judge's raw replies for DATASET, run by run, of whichever evaluator wrote them."""
+    for infix in JUDGE_INFIXES:
+        found = replica_files(run_dir, model, dataset, infix)
         if found:
-            return found
+            return list(found.values())
     return []
 
 

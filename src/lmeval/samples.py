@@ -24,7 +24,6 @@ silent misalignment.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,14 +148,6 @@ def _reply_text(entry: Any) -> str:
     return reply[0] if isinstance(reply, list) and reply else reply if isinstance(reply, str) else ""
 
 
-def _replica_files(run_dir: Path, model: str, dataset: str, infix: str) -> dict[int, Path]:
-    """Run -> the judge's replies of that run (`DATASET{infix}_replica{run}.json`)."""
-    folder = outputs.results_file(run_dir, model, dataset).parent
-    pattern = re.compile(rf"{re.escape(dataset)}{infix}_replica(\d+)\.json")
-    found = [pattern.fullmatch(path.name) for path in folder.iterdir()] if folder.is_dir() else []
-    return {int(match[1]): folder / match[0] for match in found if match}
-
-
 def _runs_of(keys: list[tuple[str, str]]) -> int:
     """How many runs a dataset without grouped details was asked in: its questions repeat,
     run after run, with the shortest period that divides them."""
@@ -185,7 +176,7 @@ def _per_run(entry: dict, field: str, runs: int, fail: Disagreement) -> list:
 
 def _judged(run_dir: Path, model: str, dataset: str, questions: int, runs: int) -> dict[int, _Verdict] | None:
     """The judge's verdicts by answer index, from its reply files; a run without one is unscored."""
-    files = _replica_files(run_dir, model, dataset, "")
+    files = outputs.replica_files(run_dir, model, dataset, "")
     if not files:
         return None
     stray = [run for run in files if run >= runs]
@@ -229,7 +220,7 @@ def _cascade(run_dir: Path, model: str, dataset: str, details: list[dict], runs:
             outcome = CORRECT if right else INVALID if reply is not None and outputs.verdict(reply) is None \
                 else INCORRECT
             verdicts[run * questions + question] = _Verdict(outcome, reply, rule=_rule_text(rule))
-    files = _replica_files(run_dir, model, dataset, "_llm_judge")
+    files = outputs.replica_files(run_dir, model, dataset, "_llm_judge")
     for run in sorted(set(judged) | set(files)):
         replies = len(_by_index(_read(files[run]), files[run])) if run in files else 0
         if replies != judged[run]:
