@@ -92,13 +92,15 @@ def test_hle_is_gated_offline_settings_are_believed_and_a_token_is_needed(tmp_pa
                     "OpenCompass will download it on first use"]
 
 
-def test_a_dry_run_only_says_what_a_run_would_refuse(tmp_path, hosts):
+@pytest.mark.usefixtures("hosts")
+def test_a_dry_run_only_says_what_a_run_would_refuse(tmp_path):
     said: list[str] = []
     datafiles.ensure_data([SUITE["gpqa"]], said.append, dry_run=True, env={"COMPASS_DATA_CACHE": str(tmp_path)})
     assert len(said) == 1 and said[0].startswith(f"gpqa: its data is not in {tmp_path}/data/gpqa/gpqa_diamond.csv, and ")
 
 
-def test_a_users_own_file_is_not_looked_up_here(tmp_path, hosts):
+@pytest.mark.usefixtures("hosts")
+def test_a_users_own_file_is_not_looked_up_here(tmp_path):
     data = tmp_path / "mine.jsonl"
     data.write_text('{"question": "q", "answer": "a"}\n')
     datafiles.ensure_data(list(configgen.resolve_datasets(None, None, [data])), pytest.fail, env={})
