@@ -19,7 +19,7 @@ Items are answered right, wrong and unparseably; repeated datasets get replies t
 asking to the next (the stand-in's `replies`), so a question is k of n right. LiveCodeBench's
 programs are run by OpenCompass's own evaluator: a right one, a wrong answer, a runtime error and
 a time-out. IFEval's replies are checked by its own checker (sentence and word counts, a language
-by langdetect, lower case).
+by langdetect, lower case, a markdown format).
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ IFEVAL = [  # (prompt, instruction ids, their kwargs, reply, follows every instr
     ("[ifeval-5] Describe a tree. Your entire response should be in English, and in all lowercase letters.",
      ["change_case:english_lowercase"], [{}],
      "a tree is a tall plant with a woody trunk, many branches and green leaves that fall in the autumn.", True),
+    ("[ifeval-6] Name three fruits. Your answer must contain exactly 3 bullet points in markdown format.",
+     ["detectable_format:number_bullet_lists"], [{"num_bullets": 3}], "* apple\n* pear\n* plum", True),
 ]
 
 # ---------------------------------------------------------------- LiveCodeBench v6 (runs the code, 6 runs)
