@@ -308,7 +308,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         datafiles.ensure_data(datasets, notify, options.dry_run)  # before a run folder is claimed
         run_dir, manifest, datasets, copies = _new_run(options, work_dir, inputs)
     if options.reuse:
-        datafiles.ensure_data(_lacking_outputs(run_dir, inputs.model_abbr, datasets, stages), notify, options.dry_run)
+        datafiles.ensure_data(_needing_data(run_dir, inputs.model_abbr, datasets, stages), notify, options.dry_run)
     given_keys = [key.get_secret_value() for key in (target_key, judge_key) if key]
     manifest.command = redact_argv(sys.argv, given_keys)
     manifest.versions = {"lmeval": __version__, "opencompass": installed_version(opencompass, "opencompass"),
@@ -322,7 +322,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     )
 
 
-def _lacking_outputs(run_dir: Path, model: str, datasets: Datasets, stages: tuple[str, ...]) -> list:
+def _needing_data(run_dir: Path, model: str, datasets: Datasets, stages: tuple[str, ...]) -> list:
     """The DATASETS the STAGES will read the data of: those with a dataset still to infer, or
     to score (OpenCompass skips the ones whose outputs it finds)."""
     lacking = []
