@@ -6,7 +6,7 @@ and LmevalLocalRunner (their tasks).
 The child is otherwise what a new process would be: its output in a file of its own, an exit
 code (an uncaught exception: its traceback there and 1), SIGTERM when the process that forked
 it dies, and nothing of its parent's buffered output or held locks (fresh stdout and stderr,
-the logging handlers pointed at them).
+the logging handlers pointed at them without touching the old streams, a fresh tqdm lock).
 """
 import ctypes
 import io
@@ -94,7 +94,20 @@ def redirect_output(path, truncate):
     for logger in loggers:
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and id(handler.stream) in old:
-                handler.setStream(fresh[old[id(handler.stream)]])
+                # Not setStream(): it flushes the old stream, whose lock another thread of the parent
+                # (OpenCompass's runner logs from four) may have held at the fork; the child then
+                # waited for it forever (seen: one eval task in six judgings of the chat suite).
+                handler.stream = fresh[old[id(handler.stream)]]
+    fresh_tqdm_lock()
+
+
+def fresh_tqdm_lock():
+    """A new thread lock for tqdm, for the same reason: the runner's progress bar may have held
+    the old one at the fork. (Its multiprocessing lock is shared with the parent, which frees it.)"""
+    std = sys.modules.get("tqdm.std")
+    if std is not None:
+        std.TqdmDefaultWriteLock.th_lock = std.TRLock()
+        std.tqdm.set_lock(std.TqdmDefaultWriteLock())
 
 
 def exit_code(body):
