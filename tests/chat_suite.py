@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import json
 import pickle
 import re
 import shutil
 import subprocess
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
+from data_mirror import HLE_CARD, Mirror
 from scenarios import judge_agrees
 from toolkit import MODELS, TOOLS, VENVS, Lmeval, Runner, describe, lmeval_env, only_run
 
@@ -203,7 +206,15 @@ class SuiteData:
     def env(self, key: Key | None = None) -> dict[str, str]:
         """What a user's shell holds for the data, and the stand-in's settings for KEY (the first)."""
         return {"COMPASS_DATA_CACHE": str(self.compass), "HF_HOME": str(self.hf_datasets.parent),
-                "STANDIN_ANSWER_KEY": str((key or self.key).path), "STANDIN_JUDGE_INVALID": INVALID_MARKER}
+                **self.standin_env(key)}
+
+    def standin_env(self, key: Key | None = None) -> dict[str, str]:
+        return {"STANDIN_ANSWER_KEY": str((key or self.key).path), "STANDIN_JUDGE_INVALID": INVALID_MARKER}
+
+    @property
+    def hle_parquet(self) -> Path:
+        """HLE's rows as the Hub serves them (data/test-00000-of-00001.parquet of cais/hle)."""
+        return self.root / "hub" / "hle-test.parquet"
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
@@ -283,7 +294,7 @@ def write_data(suite: SuiteData, hle: bool) -> None:
                   for position, category in enumerate(MMLU_PRO_CATEGORIES)]
     spec = {"mmlu_pro_dir": str(data / "mmlu_pro"),
             "mmlu_pro": {"test": [row for _, row, _ in _mmlu_pro_rows()], "validation": validation},
-            "hf_datasets_cache": str(suite.hf_datasets), "hle": None}
+            "hf_datasets_cache": str(suite.hf_datasets), "hle_parquet": str(suite.hle_parquet), "hle": None}
     if hle:
         spec["hle"] = [{"id": f"hle{position}", "question": question,
                         "image": "data:image/png;base64,iVBORw0KGgo=" if image else "", "image_preview": None,
@@ -355,6 +366,62 @@ def expected_scores(items: dict[str, list[Item]]) -> dict[str, float]:
     return scores
 
 
+# ---------------------------------------------------------------- the data as its sources publish it
+
+# OpenCompass 0.5.4's table of archives (utils/datasets_info.py DATASETS_URL): the name download_dataset
+# finds in each data path, and the archive, whose top folder lands in COMPASS_DATA_CACHE/data/.
+ARCHIVES = {"/aime2025": "aime2025", "/gpqa/": "gpqa", "/ifeval/": "ifeval",
+            "/code_generation_lite": "code_generation_lite", "mmlu_pro": "mmlu_pro"}
+OPENCOMPASS_URL = "http://opencompass.oss-cn-shanghai.aliyuncs.com/datasets/data/{}.zip"
+
+
+@dataclass(frozen=True)
+class Published:
+    """The suite's data as a mirror serves it: OpenCompass's archives at their paths, cais/hle as
+    the Hub has it, and the table that gives these archives' md5 (they are not OpenCompass's)."""
+
+    files: dict[str, bytes]
+    hub: dict[str, dict[str, bytes]]
+    internal_table: dict  # ~/.OPENCOMPASS_INTERNAL_DATA_URL.json: OpenCompass's own file for that
+
+    def home(self, folder: Path) -> Path:
+        """A HOME holding the table, where OpenCompass (and lmeval data pull) read it."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".OPENCOMPASS_INTERNAL_DATA_URL.json").write_text(json.dumps(self.internal_table))
+        return folder
+
+
+def zipped(folder: Path) -> bytes:
+    """FOLDER as OpenCompass's archives hold a dataset: its own name the top folder."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, path.relative_to(folder.parent))
+    return buffer.getvalue()
+
+
+def published(suite: SuiteData) -> Published:
+    files, table = {}, {}
+    for name, archive in ARCHIVES.items():
+        content = zipped(suite.compass / "data" / archive)
+        url = OPENCOMPASS_URL.format(archive)
+        files[url.split("/", 3)[3]] = content
+        table[name] = {"url": url, "md5": hashlib.md5(content).hexdigest()}
+    hub = {"cais/hle": {"README.md": HLE_CARD, "data/test-00000-of-00001.parquet": suite.hle_parquet.read_bytes()}}
+    return Published(files, hub, table)
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """lmeval's environment with no way out but loopback: the Hub and any proxy at a closed port, no data
+    settings."""
+    dead = "http://127.0.0.1:9"
+    env = lmeval_env(HF_ENDPOINT=dead, http_proxy=dead, https_proxy=dead, HTTP_PROXY=dead, HTTPS_PROXY=dead,
+                     no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost", **extra)
+    for name in ("COMPASS_DATA_CACHE", "HF_HOME", "HF_DATASETS_CACHE", "HF_TOKEN"):
+        env.pop(name, None)
+    return env
+
+
 # ---------------------------------------------------------------- the chat runs several modules read
 
 CHAT_RUN_SECONDS = 900
@@ -371,7 +438,11 @@ def chat_args(work_dir: Path, model: str = "demo-chat", *extra: str) -> list[str
 class ChatRuns:
     suite: SuiteData
     work_dir: Path
-    full: Lmeval  # `lmeval run demo-chat --task chat`, the first key
+    pulled: Path  # the data folder `lmeval data pull --mirror` made, which the full run reads
+    pulls: list[Lmeval]  # the pull, then a second one that finds everything there
+    mirror_requests: list[list[tuple[str, str]]]  # what the mirror received during each pull
+    check: Lmeval  # `lmeval data check PULLED`
+    full: Lmeval  # `lmeval run demo-chat --task chat --data-dir PULLED` offline, the first key
     full_dir: Path
     other: Lmeval  # `lmeval run demo-chat --task chat --datasets OTHER_DATASETS`, the other key
     other_dir: Path
@@ -382,17 +453,30 @@ _RUNS: dict[str, ChatRuns] = {}
 
 
 def chat_runs(folder: Path) -> ChatRuns:
-    """Built once per session: the whole suite with the first key, then three of its datasets with
-    the other key, in one work dir (each exit code and output is the tests' to check)."""
+    """Built once per session: the suite's data pulled from a loopback mirror (twice) and checked;
+    the whole suite from that folder with the network off and the first key; then three of its
+    datasets from COMPASS_DATA_CACHE with the other key, in one work dir (each exit code and
+    output is the tests' to check)."""
     if "runs" in _RUNS:
         return _RUNS["runs"]
     suite = write_suite(folder / "data")
-    work_dir = folder / "out"
+    work_dir, pulled = folder / "out", folder / "pulled"
     runner = Runner(folder)
     left = {}
     try:
-        full = runner.run("run", *chat_args(work_dir), env=lmeval_env(**suite.env()), work_dir=work_dir,
-                          timeout=CHAT_RUN_SECONDS)
+        source = published(suite)
+        pulls, requests = [], []
+        with Mirror(files=source.files, hub=source.hub) as mirror:
+            env = lmeval_env(HOME=str(source.home(folder / "home")), HF_ENDPOINT=mirror.url, HF_TOKEN="hf_lmeval_test",
+                             NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+            for _ in range(2):
+                seen = len(mirror.requests)
+                pulls.append(runner.run("data", "pull", "--task", "chat", "--dest", str(pulled), "--mirror", mirror.url,
+                                        env=env, timeout=300))
+                requests.append(mirror.requests[seen:])
+        check = runner.run("data", "check", str(pulled), env=offline_env(), timeout=60)
+        full = runner.run("run", *chat_args(work_dir, "demo-chat", "--data-dir", str(pulled)),
+                          env=offline_env(**suite.standin_env()), work_dir=work_dir, timeout=CHAT_RUN_SECONDS)
         left["full"] = describe(runner.leftovers()).splitlines()
         full_dir = only_run(work_dir)
         other = runner.run("run", *chat_args(work_dir, "demo-chat", "--datasets", OTHER_DATASETS),
@@ -401,5 +485,5 @@ def chat_runs(folder: Path) -> ChatRuns:
         other_dir = next(path for path in work_dir.glob("2*") if path != full_dir)
     finally:
         runner.teardown()
-    _RUNS["runs"] = ChatRuns(suite, work_dir, full, full_dir, other, other_dir, left)
+    _RUNS["runs"] = ChatRuns(suite, work_dir, pulled, pulls, requests, check, full, full_dir, other, other_dir, left)
     return _RUNS["runs"]

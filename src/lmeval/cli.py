@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmeval.commands import cleanup, compare, doctor, evaluate, job, report, results, runs, serve, setup, tasks
+from lmeval.commands import cleanup, compare, data, doctor, evaluate, job, report, results, runs, serve, setup, tasks
 
 app = typer.Typer(
     name="lmeval",
@@ -42,6 +42,7 @@ app.command("serve")(serve.command)
 app.command("cleanup")(cleanup.command)
 app.command("setup")(setup.command)
 app.command("doctor")(doctor.command)
+app.add_typer(data.app, name="data")
 app.command("slurm-job", hidden=True)(job.command)
 
 

@@ -18,6 +18,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmeval import datadir
 from lmeval.configgen import DatasetRef, SuiteDataset
 from lmeval.exceptions import UsageError
 
@@ -140,3 +141,25 @@ def ensure_data(datasets: list[DatasetRef], notify, dry_run: bool = False,
         if not dry_run:
             raise UsageError(message)
         notify(message)
+
+
+def use_data_folder(folder: Path, names: list[str], notify, dry_run: bool = False) -> str:
+    """Point OpenCompass (this process's environment, which it inherits) at the data folder
+    FOLDER, offline, once the datasets NAMES are complete there (every file's sha256 against
+    its manifest; exit 2 if not, before any server starts); the hash of their files."""
+    folder = folder.expanduser().absolute()
+    if not (folder / datadir.MANIFEST_NAME).is_file():
+        raise UsageError(f"--data-dir {folder} is not a data folder (no {datadir.MANIFEST_NAME}); make it with "
+                         f"`lmeval data pull --dest {folder}` on a machine with network")
+    manifest = datadir.DataManifest.load(folder)
+    for state in datadir.verify(folder, manifest, names):
+        if state.status == "present":
+            continue
+        message = (f"--data-dir {folder}: {state.dataset} is {state.status} ({state.detail}); pull it with "
+                   f"`lmeval data pull --datasets {state.dataset} --dest {folder}` on a machine with network, "
+                   f"or leave {state.dataset} out with --datasets")
+        if not dry_run:
+            raise UsageError(message)
+        notify(message)
+    os.environ.update(datadir.run_env(folder))
+    return manifest.selection_hash(names)

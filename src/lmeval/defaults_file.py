@@ -29,6 +29,9 @@ class DefaultsFile(BaseModel):
     # executables
     lmdeploy: str | None = None
     opencompass: str | None = None
+    # the data folder runs read (lmeval data pull --dest), and the mirror a pull fetches from
+    data_dir: str | None = None
+    mirror: str | None = None
     # where the runs go (in a --config file only: a work dir's own file cannot move it)
     work_dir: str | None = None
     # servers

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import configgen, datafiles, gpus, toolvenvs
-from lmeval.configgen import UserDataset
+from lmeval import configgen, datadir, datafiles, gpus, toolvenvs
+from lmeval.configgen import SuiteDataset, UserDataset
 from lmeval.exceptions import LmevalError, UsageError
 from lmeval.launch import check_model, model_is_path, port_taken
 from lmeval.ocrun import opencompass_env, venv_python
@@ -95,11 +95,15 @@ def _probe(opencompass: Path, datasets: tuple, model: str | None) -> tuple[dict 
     return needs, failed
 
 
-def check_data(datasets: tuple) -> list[Check]:
+def check_data(datasets: tuple, data_dir: Path | None = None) -> list[Check]:
     """Each dataset's data where OpenCompass reads it: there, or downloadable (warn), or neither
-    (a run refuses to start: fail). A user's file was read in full when resolved."""
+    (a run refuses to start: fail); in a data folder, as `lmeval data check` finds it. A user's
+    file was read in full when resolved."""
     env = dict(os.environ)
     checks = [Check(f"data: {item.name}", "ok", item.path) for item in datasets if isinstance(item, UserDataset)]
+    if data_dir is not None:
+        return checks + check_data_folder(Path(data_dir).expanduser().absolute(),
+                                          [item.name for item in datasets if isinstance(item, SuiteDataset)])
     for found in datafiles.check_data(list(datasets), env):
         name = f"data: {found.dataset}"
         if found.present:
@@ -111,10 +115,24 @@ def check_data(datasets: tuple) -> list[Check]:
     return checks
 
 
-def check_inputs(opencompass: Path | None, task: str | None, files: tuple[Path, ...], model: str | None) -> list[Check]:
+def check_data_folder(folder: Path, names: list[str]) -> list[Check]:
+    """The datasets NAMES in the data folder (--data-dir), each file against its manifest."""
+    try:
+        states = datadir.verify(folder, datadir.DataManifest.load(folder), names)
+    except UsageError as error:
+        return [Check("data folder", "fail", error.message)]
+    return [Check(f"data: {state.dataset}", "ok", f"{state.detail}, in {folder}") if state.status == "present"
+            else Check(f"data: {state.dataset}", "fail", f"{state.status}: {state.detail}; pull it with `lmeval data "
+                                                         f"pull --datasets {state.dataset} --dest {folder}`")
+            for state in states]
+
+
+def check_inputs(opencompass: Path | None, task: str | None, files: tuple[Path, ...], model: str | None,
+                 data_dir: Path | None = None) -> list[Check]:
     """The datasets (their data, and what their evaluators need) and the model, through the
-    config lmeval would write for them."""
+    config lmeval would write for them; with a data folder (--data-dir), the suite's data there."""
     checks = []
+    task = task or ("chat" if data_dir and not files else None)
     try:
         datasets = configgen.resolve_datasets(task, None, files) if task or files else ()
     except UsageError as error:
@@ -128,7 +146,7 @@ def check_inputs(opencompass: Path | None, task: str | None, files: tuple[Path, 
         if model_is_path(model_path) and not (Path(model_path) / "config.json").is_file():
             checks.append(Check("model", "fail", f"{model_path} has no config.json: not a model folder LMDeploy loads"))
             model_path = None
-    checks += check_data(datasets)
+    checks += check_data(datasets, data_dir)
     if not datasets and model_path is None:
         return checks
     if opencompass is None:
@@ -192,7 +210,8 @@ def run_checks(values: dict, sources: dict[str, str]) -> list[Check]:
     opencompass_check, opencompass = check_tool(OPENCOMPASS, values.get("opencompass"))
     checks += [lmdeploy_check, opencompass_check]
     usable = opencompass if opencompass_check.status == "ok" else None
-    checks += check_inputs(usable, values.get("task"), tuple(values.get("dataset_files") or ()), values.get("model"))
+    checks += check_inputs(usable, values.get("task"), tuple(values.get("dataset_files") or ()), values.get("model"),
+                           values.get("data_dir"))
     checks += [check_disk(Path(values.get("work_dir") or "outputs")), check_ports(values.get("host") or "127.0.0.1"),
                check_settings(sources, values)]
     return checks

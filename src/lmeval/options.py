@@ -17,6 +17,7 @@ class EvalOptions(BaseModel):
     task: str | None = None
     datasets: str | None = None
     dataset_files: tuple[Path, ...] = ()
+    data_dir: Path | None = None  # a data folder of lmeval data pull
     name: str | None = None
     work_dir: Path = Path(defaults.WORK_DIR)
     reuse: str | None = None

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -126,9 +126,10 @@ def external_server(url: str, key: SecretStr | None, option: str, tokenizer_path
 
 
 def fingerprint_inputs(model: str, model_abbr: str, datasets: tuple[configgen.DatasetRef, ...],
-                       generation: configgen.Generation) -> dict:
+                       generation: configgen.Generation, data: str | None = None) -> dict:
     """What the predictions depend on: the model, its name, each dataset (a file by its
-    content) and the generation settings. No secrets: it is stored in the manifest."""
+    content), the generation settings and, read from a data folder, the suite's files there
+    (DATA: their hash, lmeval.datadir). No secrets: it is stored in the manifest."""
     items = []
     for item in datasets:
         if isinstance(item, configgen.SuiteDataset):
@@ -136,7 +137,8 @@ def fingerprint_inputs(model: str, model_abbr: str, datasets: tuple[configgen.Da
         else:
             items.append(["file", item.name, item.kind, hashlib.sha256(Path(item.path).read_bytes()).hexdigest()])
     # Settings left unset are left out: runs made before they existed keep their fingerprint.
-    return {"model": model, "abbr": model_abbr, "datasets": items, "generation": generation.model_dump(exclude_none=True)}
+    inputs = {"model": model, "abbr": model_abbr, "datasets": items, "generation": generation.model_dump(exclude_none=True)}
+    return inputs | ({"data": data} if data else {})
 
 
 def fingerprint_of(inputs: dict) -> str:
@@ -166,6 +168,9 @@ def describe_change(old: dict, new: dict) -> str:
                 for key in sorted(set(old_gen) | set(new_gen)) if old_gen.get(key) != new_gen.get(key)]
     if settings:
         parts.append("with " + "; ".join(settings))
+    if old.get("data") != new.get("data"):
+        parts.append("on other data (another data folder, or other files in it)" if new.get("data")
+                     else "from a data folder (--data-dir)")
     return "; ".join(parts) or "with other settings"
 
 
@@ -242,6 +247,8 @@ class _Inputs:
     model_abbr: str
     datasets: Datasets
     generation: configgen.Generation
+    data_dir: Path | None = None  # the data folder the suite is read from (lmeval data pull)
+    data: str | None = None  # the hash of its files for these datasets
 
 
 def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text: None,
@@ -261,6 +268,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         run_dir, manifest, inputs = _judged_run(options, work_dir, notify)
     else:
         inputs = _inputs_from_options(options)
+    inputs = _read_from_data_folder(inputs, options, manifest if judge_only else None, notify)
     lmdeploy = None
     if judge_only:
         target_set = None
@@ -424,7 +432,7 @@ def _reopened_run(options: EvalOptions, work_dir: Path, inputs: _Inputs,
     set to be moved aside (the last item says why; empty when resumed)."""
     run_dir, manifest = _existing_run(work_dir, options.reuse)
     # Compared on the files as given now (the run's own copies hold what was inferred).
-    inputs_now = fingerprint_inputs(inputs.model, inputs.model_abbr, inputs.datasets, inputs.generation)
+    inputs_now = fingerprint_inputs(inputs.model, inputs.model_abbr, inputs.datasets, inputs.generation, inputs.data)
     wanted = fingerprint_of(inputs_now)
     redo_reason = ""
     if manifest.fingerprint and manifest.fingerprint != wanted:
@@ -446,7 +454,7 @@ def _reopened_run(options: EvalOptions, work_dir: Path, inputs: _Inputs,
     datasets, copies = _run_copies(inputs.datasets, run_dir / "lmeval" / "inputs")
     if redo_reason or not manifest.fingerprint:
         manifest.fingerprint, manifest.fingerprint_inputs = wanted, inputs_now
-        manifest.inputs = _recorded_inputs(options, inputs.model, datasets, inputs.generation)
+        manifest.inputs = _recorded_inputs(options, inputs, datasets)
         manifest.model_abbr = inputs.model_abbr
     # Only copies missing from the run are made, unless the redo replaces them all.
     copies = copies if redo_reason else tuple((src, dst) for src, dst in copies if not dst.exists())
@@ -455,19 +463,36 @@ def _reopened_run(options: EvalOptions, work_dir: Path, inputs: _Inputs,
 
 def _new_run(options: EvalOptions, work_dir: Path, inputs: _Inputs) -> tuple[Path, Manifest, Datasets, Copies]:
     """A fresh run folder, claimed now."""
-    inputs_now = fingerprint_inputs(inputs.model, inputs.model_abbr, inputs.datasets, inputs.generation)
+    inputs_now = fingerprint_inputs(inputs.model, inputs.model_abbr, inputs.datasets, inputs.generation, inputs.data)
     run_id, run_dir = claim_new_folder(work_dir)
     datasets, copies = _run_copies(inputs.datasets, run_dir / "lmeval" / "inputs")
     manifest = Manifest(run_id=run_id, model_abbr=inputs.model_abbr)
     manifest.fingerprint, manifest.fingerprint_inputs = fingerprint_of(inputs_now), inputs_now
-    manifest.inputs = _recorded_inputs(options, inputs.model, datasets, inputs.generation)
+    manifest.inputs = _recorded_inputs(options, inputs, datasets)
     return run_dir, manifest, datasets, copies
 
 
-def _recorded_inputs(options: EvalOptions, model: str, datasets, generation: configgen.Generation) -> dict:
+def _recorded_inputs(options: EvalOptions, inputs: _Inputs, datasets) -> dict:
     """What `lmeval judge --reuse` reads back: the run's dataset copies, never the user's files."""
     return {
-        "model": model, "task": options.task, "datasets": options.datasets,
+        "model": inputs.model, "task": options.task, "datasets": options.datasets,
         "files": [item.path for item in datasets if isinstance(item, configgen.UserDataset)],
-        "name": options.name, "generation": generation.model_dump(),
-    }
+        "name": options.name, "generation": inputs.generation.model_dump(),
+    } | ({"data_dir": str(inputs.data_dir)} if inputs.data_dir else {})
+
+
+def _read_from_data_folder(inputs: _Inputs, options: EvalOptions, judged: Manifest | None, notify) -> _Inputs:
+    """INPUTS with the data folder of --data-dir (judging a run: else the one it was inferred
+    from), checked complete for the suite's datasets: OpenCompass will read it, offline."""
+    recorded = (judged.inputs.get("data_dir") if judged else None) or None
+    folder = options.data_dir or (Path(recorded) if recorded else None)
+    if folder is None:
+        return inputs
+    names = [item.name for item in inputs.datasets if isinstance(item, configgen.SuiteDataset)]
+    digest = datafiles.use_data_folder(folder, names, notify, options.dry_run)
+    inferred_on = ((judged.fingerprint_inputs or {}).get("data") if judged else None)
+    if inferred_on and inferred_on != digest:
+        raise UsageError(f"run {judged.run_id} was inferred on other data than {folder} holds now for "
+                         f"{', '.join(names)}; judge it on the data it was inferred on (the folder it names: "
+                         f"{recorded}), or infer it again")
+    return replace(inputs, data_dir=folder.expanduser().absolute(), data=digest)

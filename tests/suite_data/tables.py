@@ -4,7 +4,8 @@
 - MMLU-Pro as the Hugging Face repo TIGER-Lab/MMLU-Pro lays it out, which OpenCompass reads with
   `load_dataset(COMPASS_DATA_CACHE/data/mmlu_pro)`: data/{test,validation}-00000-of-00001.parquet;
 - HLE as `load_dataset('cais/hle')` leaves it in a Hugging Face datasets cache (HF_DATASETS_CACHE):
-  cais___hle/default/0.0.0/COMMIT/, which the same call finds there offline.
+  cais___hle/default/0.0.0/COMMIT/, which the same call finds there offline; and as the Hub serves
+  it, data/test-00000-of-00001.parquet, for a test's mirror of the Hub (tests/data_mirror.py).
 """
 
 import json
@@ -49,6 +50,7 @@ def main(spec_path):
         write_parquet(rows, os.path.join(spec["mmlu_pro_dir"], "data", f"{split}-00000-of-00001.parquet"))
     if spec.get("hle") is not None:
         write_hle(spec["hle"], spec["hf_datasets_cache"])
+        write_parquet(spec["hle"], spec["hle_parquet"])
 
 
 if __name__ == "__main__":

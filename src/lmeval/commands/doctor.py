@@ -11,6 +11,7 @@ from lmeval import defaults
 from lmeval.commands.options import (
     DEFAULT_WORK_DIR,
     ConfigFile,
+    DataDir,
     DatasetFiles,
     Host,
     Lmdeploy,
@@ -25,6 +26,7 @@ def command(
     model: Annotated[Optional[str], typer.Argument(help="A model folder (or hub id) to check.")] = None,
     task: Task = None,
     dataset_files: DatasetFiles = None,
+    data_dir: DataDir = None,
     work_dir: WorkDir = DEFAULT_WORK_DIR,
     host: Host = defaults.HOST,
     lmdeploy: Lmdeploy = None,

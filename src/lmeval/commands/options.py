@@ -30,6 +30,9 @@ Host = Annotated[str, typer.Option("--host", help="Address the servers listen on
 Reuse = Annotated[Optional[str], typer.Option("--reuse", help="Resume or reuse the run with this id (yyyymmdd_HHMMSS).")]
 Redo = Annotated[bool, typer.Option("--redo", help="With --reuse: if the run was made with another model, datasets or "
                                     "generation settings, move its outputs aside (into RUN/stale-<time>/) and infer again.")]
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="A data folder made by `lmeval data pull`: "
+                                               "OpenCompass and the Hugging Face libraries read the suite from it, "
+                                               "offline, once `lmeval data check` would pass for its datasets.")]
 
 # What is evaluated, and how it is generated (defaults: LMDeploy's template)
 Task = Annotated[Optional[str], typer.Option("--task", help="Suite to run, e.g. chat (see `lmeval tasks`).")]
