@@ -120,10 +120,9 @@ def test_hle_missing_offline_is_refused_in_seconds_before_any_server_starts(tmp_
     cache = suite.hf_datasets
     assert refused.stderr_lines[-1] == (
         f"lmeval: error: hle: its data is not in the Hugging Face datasets cache {cache} (as cais/hle), and "
-        "huggingface.co cannot be reached from here: accept its terms on https://huggingface.co/datasets/cais/hle, "
-        "then on a machine with network run `HF_TOKEN=... python -c \"import datasets; "
-        "datasets.load_dataset('cais/hle')\"` and copy cais___hle from its Hugging Face datasets cache into "
-        f"{cache} (set HF_HOME or HF_DATASETS_CACHE to the folder that holds it); or leave hle out with --datasets")
+        "huggingface.co cannot be reached from here: on a machine with network, `lmeval data pull --datasets hle "
+        "--dest DIR` (a gated dataset: accept its terms on https://huggingface.co/datasets/cais/hle and set HF_TOKEN), "
+        "then run with --data-dir DIR; or leave hle out with --datasets")
     assert "server" not in refused.stderr
     assert list(work_dir.iterdir()) == []  # no run folder claimed
     assert leftovers([work_dir]) == []

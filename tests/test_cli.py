@@ -150,7 +150,8 @@ def test_the_work_dirs_defaults_file_fills_in_what_the_command_line_leaves(model
 
 
 @pytest.mark.parametrize("content, message", [
-    ('judge_gpu = "1"\n', "unknown key 'judge_gpu'; it takes: lmdeploy, opencompass, work_dir, gpus, tp, host, "
+    ('judge_gpu = "1"\n', "unknown key 'judge_gpu'; it takes: lmdeploy, opencompass, data_dir, mirror, "
+                          "work_dir, gpus, tp, host, "
                           "server_args, judge_model, judge_gpus, judge_tp, judge_replicas, judge_server_args, launcher, "
                           "partition, judge_partition, slurm_args, ready_timeout, grace, restarts, stream, "
                           "temperature, max_out_len, max_seq_len, top_p, top_k, repetition_penalty, extra_body"),

@@ -39,7 +39,7 @@ def published_files(folder: Path) -> dict[str, str]:
 
 
 def table(lm, prefix: str = "") -> dict[str, tuple[str, str]]:
-    """The rows of `lmeval data check`'s table (of `lmeval doctor`'s with PREFIX `data: `):
+    """The rows of `lmeval data check`'s table (`pull --dry-run`'s, `doctor`'s with PREFIX `data: `):
     dataset -> (status, the first line of its detail)."""
     rows = {}
     for line in lm.stdout_lines:
@@ -129,6 +129,11 @@ def test_a_file_corrupted_after_the_pull_is_named_by_check_and_refused_by_run(ch
         "leave gpqa out with --datasets")
     assert not work_dir.exists() or not any(work_dir.glob("2*"))
     assert lmeval_runner.leftovers() == []
+    work_dir.mkdir(exist_ok=True)
+    (work_dir / "lmeval.toml").write_text(f'data_dir = "{folder}"\n')  # a team's setting, the same check
+    from_file = lmeval_runner.run("run", *chat_args(work_dir), env=offline_env(**chat_runs.suite.standin_env()),
+                                  work_dir=work_dir)
+    assert from_file.poll() == 2 and from_file.stderr_lines[-1] == run.stderr_lines[-1], from_file.transcript()
 
     doctor = lmeval_runner.run("doctor", "--data-dir", str(folder), *TOOLS[2:], env=offline_env(), timeout=300)
     rows = table(doctor, "data: ")
@@ -199,6 +204,22 @@ def test_a_pull_interrupted_midway_leaves_nothing_check_would_pass(chat_runs, tm
                                   "--mirror", mirror.url, env=pull_env(home, mirror), timeout=120)
         assert again.poll() == 0, again.transcript()
         assert [path for _, path in mirror.requests] == ["/datasets/data/mmlu_pro.zip"]
+
+
+def test_a_dry_run_lists_each_archive_and_its_size_and_fetches_nothing(chat_runs, tmp_path, lmeval_runner):
+    source = published(chat_runs.suite)
+    with Mirror(files=source.files) as mirror:
+        listed = lmeval_runner.run("data", "pull", "--dry-run", "--dest", str(tmp_path / "data"), "--mirror",
+                                   mirror.url, env=pull_env(tmp_path, mirror))
+        requests = mirror.requests
+    assert listed.poll() == 0, listed.transcript()
+    rows = table(listed)
+    sizes = {name: len(source.files[f"datasets/data/{archive}.zip"]) for name, archive in ARCHIVE_OF.items()}
+    assert rows["aime2025"] == (f"{mirror.url}/datasets/data/aime2025.zip", f"{sizes['aime2025']} bytes")
+    assert rows["gpqa"] == (f"{mirror.url}/datasets/data/gpqa.zip", f"{sizes['gpqa']} bytes")
+    assert rows["hle"] == (f"cais/hle from {mirror.url}", "unknown")
+    assert {method for method, _ in requests} == {"HEAD"} and len(requests) == 5
+    assert not (tmp_path / "data").exists()
 
 
 def test_hle_refused_by_the_hub_says_to_accept_its_terms(chat_runs, tmp_path, lmeval_runner):

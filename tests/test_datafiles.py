@@ -70,9 +70,10 @@ def test_missing_data_opencompass_can_download_is_a_warning(tmp_path, hosts):
 def test_missing_data_that_cannot_be_fetched_from_here_is_refused(tmp_path, hosts):
     message = refusal([SUITE["mmlu_pro"]], {"COMPASS_DATA_CACHE": str(tmp_path)})
     assert message == (f"mmlu_pro: its data is not in {tmp_path}/data/mmlu_pro, and OpenCompass's mirror "
-                       "opencompass.oss-cn-shanghai.aliyuncs.com cannot be reached from here: set COMPASS_DATA_CACHE "
-                       "to the folder that holds OpenCompass's data/ (a run with network downloads it there); or "
-                       "leave mmlu_pro out with --datasets")
+                       "opencompass.oss-cn-shanghai.aliyuncs.com cannot be reached from here: on a machine with "
+                       "network, `lmeval data pull --datasets mmlu_pro --dest DIR`, then run with --data-dir DIR (or "
+                       "set COMPASS_DATA_CACHE to the folder that holds OpenCompass's data/); or leave mmlu_pro out "
+                       "with --datasets")
     assert hosts[1] == ["opencompass.oss-cn-shanghai.aliyuncs.com:80"]
 
 

@@ -66,16 +66,18 @@ def test_the_chat_suite_is_checked_dataset_by_dataset_with_what_its_evaluators_n
     shown, checks = doctor(tmp_path, "--task", "chat", COMPASS_DATA_CACHE=str(cache), HF_HOME=str(hf_home))
     assert shown.wait() == 1, shown.transcript()
     assert checks["data: ifeval"] == ("ok", f"{cache}/data/ifeval/input_data.jsonl")
-    mirror = ("OpenCompass's mirror opencompass.oss-cn-shanghai.aliyuncs.com cannot be reached from here: set "
-              "COMPASS_DATA_CACHE to the folder that holds OpenCompass's data/ (a run with network downloads it there)")
+    mirror = "OpenCompass's mirror opencompass.oss-cn-shanghai.aliyuncs.com cannot be reached from here"
     for name, path in (("aime2025", "aime2025/aime2025.jsonl"), ("gpqa", "gpqa/gpqa_diamond.csv"),
                        ("code", "code_generation_lite"), ("mmlu_pro", "mmlu_pro")):
-        assert checks[f"data: {name}"] == ("fail", f"not in {cache}/data/{path}, and {mirror}")
+        assert checks[f"data: {name}"] == ("fail", f"not in {cache}/data/{path}, and {mirror}: on a machine with "
+                                           f"network, `lmeval data pull --datasets {name} --dest DIR`, then run with "
+                                           "--data-dir DIR (or set COMPASS_DATA_CACHE to the folder that holds "
+                                           "OpenCompass's data/)")
     status, detail = checks["data: hle"]
     assert status == "fail"
     assert detail.startswith(f"not in the Hugging Face datasets cache {hf_home}/datasets (as cais/hle), and "
-                             "huggingface.co cannot be reached from here: accept its terms on "
-                             "https://huggingface.co/datasets/cais/hle, then ")
+                             "huggingface.co cannot be reached from here: on a machine with network, `lmeval data "
+                             "pull --datasets hle --dest DIR`")
     assert checks["langdetect"] == ("ok", "in OpenCompass's venv, for IFEval's language checks")
     assert checks["punkt_tab"] == ("ok", "in OpenCompass's venv, for IFEval's sentence counts (NLTK)")
     assert checks["code runner"] == ("ok", "in OpenCompass's venv, for LiveCodeBench (the runner's pyext)")

@@ -116,12 +116,11 @@ def why_not_fetched(check: DataCheck, env: dict[str, str]) -> str | None:
 
 def how_to_get(check: DataCheck) -> str:
     if check.hub:
-        return (f"accept its terms on https://huggingface.co/datasets/{check.hub}, then on a machine with network run "
-                f"`HF_TOKEN=... python -c \"import datasets; datasets.load_dataset('{check.hub}')\"` and copy "
-                f"{check.hub.replace('/', '___')} from its Hugging Face datasets cache into {check.where} "
-                "(set HF_HOME or HF_DATASETS_CACHE to the folder that holds it)")
-    return ("set COMPASS_DATA_CACHE to the folder that holds OpenCompass's data/ (a run with network downloads it "
-            "there)")
+        return (f"on a machine with network, `lmeval data pull --datasets {check.dataset} --dest DIR` (a gated "
+                f"dataset: accept its terms on https://huggingface.co/datasets/{check.hub} and set HF_TOKEN), then "
+                "run with --data-dir DIR")
+    return (f"on a machine with network, `lmeval data pull --datasets {check.dataset} --dest DIR`, then run with "
+            "--data-dir DIR (or set COMPASS_DATA_CACHE to the folder that holds OpenCompass's data/)")
 
 
 def ensure_data(datasets: list[DatasetRef], notify, dry_run: bool = False,

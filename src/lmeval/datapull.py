@@ -101,6 +101,27 @@ def pull(datasets: list[SuiteDataset], dest: Path, fetcher: Fetcher, mirror: str
             shutil.rmtree(dest / PARTIAL, ignore_errors=True)
 
 
+def listing(datasets: list[SuiteDataset], fetcher: Fetcher, mirror: str | None) -> list[tuple[str, str, int | None]]:
+    """What a pull of DATASETS fetches: (dataset, from where, its size in bytes where the server
+    says it: a HEAD of each archive; None for the Hub's)."""
+    import httpx
+
+    paths = [path for item in datasets for path in item.data]
+    archives = fetcher.call("sources", *paths)["archives"] if paths else {}
+    rows = []
+    for item in datasets:
+        if item.hf_dataset:
+            rows.append((item.name, f"{item.hf_dataset} from {hub_endpoint()}", None))
+        for url in dict.fromkeys(archives[path]["url"] for path in item.data):
+            source = mirrored(url, mirror)
+            try:
+                size = int(httpx.head(source, timeout=fetcher.timeout, follow_redirects=True).headers["content-length"])
+            except (httpx.HTTPError, KeyError, ValueError):
+                size = None
+            rows.append((item.name, source, size))
+    return rows
+
+
 def _pull_missing(datasets: list[SuiteDataset], dest: Path, fetcher: Fetcher, mirror: str | None, tries: int,
                   notify: Callable[[str], None]) -> DataManifest:
     """Those of DATASETS not there and verified, each moved into place before the manifest names it."""
@@ -182,7 +203,7 @@ def _pull_hub(item: SuiteDataset, dest: Path, staging: Path, fetcher: Fetcher, t
     """ITEM from the Hugging Face Hub (HF_ENDPOINT), prepared in a cache of its own, then moved
     into DEST/hf; the Hub's raw download is left behind."""
     repo = item.hf_dataset
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    endpoint = hub_endpoint()
     notify(f"{item.name}: loading the Hugging Face dataset {repo} from {endpoint}")
     env = {"HF_DATASETS_CACHE": str(staging / HUGGING_FACE), "HF_HUB_CACHE": str(staging / "hub"),
            "HF_DATASETS_OFFLINE": "0", "HF_HUB_OFFLINE": "0"}
@@ -203,6 +224,11 @@ def _pull_hub(item: SuiteDataset, dest: Path, staging: Path, fetcher: Fetcher, t
     os.replace(staging / HUGGING_FACE / folder_name, target)
     return DatasetRecord(source=f"{repo} from {endpoint}", opencompass=fetcher.opencompass_version,
                          files=datadir.record_files(dest, datadir.files_under(target)))
+
+
+def hub_endpoint() -> str:
+    """Where the Hugging Face libraries fetch from: HF_ENDPOINT (a mirror of the Hub), else the Hub."""
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
 
 
 def _has_token() -> bool:

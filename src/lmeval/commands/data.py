@@ -49,6 +49,8 @@ def pull_command(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds any connection or read may wait before the "
                                            "try fails.")] = 60.0,
     tries: Annotated[int, typer.Option("--tries", help="Tries per file, with growing pauses between them.")] = 4,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be fetched, from where, and each "
+                                          "archive's size as its server gives it; fetch nothing.")] = False,
     opencompass: Opencompass = None,
     work_dir: WorkDir = DEFAULT_WORK_DIR,
     config: ConfigFile = None,
@@ -72,12 +74,28 @@ def pull_command(
         fetcher = datapull.Fetcher(venv_python(executable), installed_version(executable, "opencompass"), timeout,
                                    application.debug)
         chosen = list(configgen.select_suite(task, datasets))
+        if dry_run:
+            return _show_listing(application, datapull.listing(chosen, fetcher, settings["mirror"]))
         datapull.pull(chosen, folder, fetcher, settings["mirror"], tries, application.info)
         application.info(f"the data is in {folder}; runs read it with --data-dir {folder} "
                          f"(or data_dir = \"{folder}\" in lmeval.toml); `lmeval data check {folder}` checks it")
         return 0
 
     ctx.obj.run(run)
+
+
+def _show_listing(application, rows: list[tuple[str, str, int | None]]) -> int:
+    from rich.table import Table
+
+    from lmeval.datadir import human_size
+
+    table = Table(title="lmeval data pull would fetch")
+    for column in ("dataset", "from", "size"):
+        table.add_column(column)
+    for name, source, size in rows:
+        table.add_row(name, source, "unknown" if size is None else human_size(size))
+    application.out.print(table)
+    return 0
 
 
 @app.command("check")
