@@ -84,7 +84,7 @@ def test_hle_is_gated_offline_settings_are_believed_and_a_token_is_needed(tmp_pa
     assert hosts[1] == []  # offline is offline: no connection tried
     hosts[0].add("mirror.example")
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "https://mirror.example/hub"}
-    assert ", and it is gated and no Hugging Face token is set (HF_TOKEN): accept its terms" in refusal(
+    assert ", and it is gated and no Hugging Face token is set (HF_TOKEN): on a machine with network" in refusal(
         [SUITE["hle"]], env)
     assert hosts[1] == ["mirror.example:443"]
     said: list[str] = []
