@@ -31,6 +31,7 @@ from lmeval.configgen import SuiteDataset
 from lmeval.datadir import COMPASS, HUGGING_FACE, DataManifest, DatasetRecord
 from lmeval.exceptions import StageFailed, UsageError
 from lmeval.ocrun import opencompass_env
+from lmeval.runs import unlockable
 
 PARTIAL = ".partial"
 LOCK_NAME = ".lmeval-data.lock"
@@ -86,6 +87,8 @@ def locked(dest: Path):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(f"another `lmeval data pull` is writing {dest}; wait for it to end") from None
+        except OSError as error:
+            raise unlockable(dest / LOCK_NAME, error) from None
         yield
 
 

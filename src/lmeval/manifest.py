@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from lmeval.exceptions import UsageError
 from lmeval.files import write_private
-from lmeval.runs import LOCK_NAME, lock_pid
+from lmeval.runs import LOCK_NAME, lock_owner, lock_pid, unlockable
 
 MANIFEST_NAME = "lmeval.json"
 
@@ -117,8 +117,11 @@ class RunLock:
                 f"run {self.path.parent.name} is in use by another lmeval (pid {holder}); "
                 "wait for it to finish or pick another run"
             ) from None
+        except OSError as error:
+            os.close(fd)
+            raise unlockable(self.path, error) from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, lock_owner().encode())
         self.fd = fd
         return self
 

@@ -22,6 +22,8 @@ from lmeval.launch import Stopped, live_process, owner_token, prepare_child, tag
 STOP_GRACE_SECONDS = 5.0
 # Modules lmeval's configs name, for OpenCompass's own processes (lmeval never imports them).
 PLUGIN_DIR = Path(__file__).resolve().parent / "opencompass_plugin"
+# The second line of the shell trampoline pip and uv write: '''exec' '/a path/bin/python' "$0" "$@"
+TRAMPOLINE_EXEC = re.compile(r"""'''exec' (?:'([^']+)'|"([^"]+)") "\$0" "\$@\"""")
 _PREFLIGHT_RESULT = re.compile(r"^lmeval preflight: (ok|failed: .*)$", re.MULTILINE)
 CLI_ENTRY = "opencompass.cli.main:main"
 
@@ -43,16 +45,24 @@ def opencompass_argv(executable: Path, config: Path, mode: str, work_dir: Path, 
 
 
 def venv_python(executable: Path) -> Path:
-    """The Python an installed script such as `opencompass` runs on: the one its first line
-    names (its venv's), else the python beside it."""
+    """The Python an installed script such as `opencompass` runs on: its venv's own bin/python,
+    whatever the script's first line says (pip and uv write a `#!/bin/sh` trampoline when the
+    venv's path has a space or exceeds 127 bytes, common on HPC file systems); outside a venv
+    the interpreter its first line (or its trampoline's `exec` line) names, else the python
+    beside it."""
+    folder = Path(executable).resolve().parent
+    if (folder.parent / "pyvenv.cfg").is_file() and (folder / "python").exists():
+        return folder / "python"
     try:
         with open(executable, "rb") as handle:
-            first = handle.readline(512)
+            head = handle.read(4096).decode(errors="replace").splitlines()
     except OSError:
-        first = b""
-    if first.startswith(b"#!") and first[2:].split():
-        return Path(first[2:].split()[0].decode(errors="replace"))
-    return executable.parent / "python"
+        head = []
+    if len(head) > 1 and head[0].startswith("#!/bin/sh") and (match := TRAMPOLINE_EXEC.match(head[1])):
+        return Path(match.group(1) or match.group(2))
+    if head and head[0].startswith("#!") and head[0][2:].split():
+        return Path(head[0][2:].split()[0])
+    return Path(executable).parent / "python"
 
 
 def sys_argv(argv: list[str]) -> list[str]:

@@ -47,7 +47,45 @@ def progress(run_dir: Path, model: str, dataset: str) -> tuple[int, int | None]:
 
 
 def missing_predictions(run_dir: Path, model: str, datasets: list[str]) -> list[str]:
-    return [name for name in datasets if not predictions_file(run_dir, model, name).is_file()]
+    """Those of DATASETS whose inference is not complete (predictions_complete)."""
+    return [name for name in datasets if not predictions_complete(predictions_file(run_dir, model, name))]
+
+
+_parsed: dict[Path, tuple[tuple[int, int], bool]] = {}  # path -> ((size, mtime), whether it parsed)
+
+
+def predictions_complete(path: Path) -> bool:
+    """Whether the predictions file PATH is whole. OpenCompass writes it with a plain open('w')
+    once the dataset is inferred, then removes its tmp_ file (the answers so far): one that does
+    not parse, or beside a tmp_ file, is one a kill cut short. Parsed once per version of it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if path.with_name(f"tmp_{path.stem}.jsonl").exists():
+        return False
+    version = (stat.st_size, stat.st_mtime_ns)
+    if path not in _parsed or _parsed[path][0] != version:
+        try:
+            json.loads(path.read_bytes())
+            _parsed[path] = (version, True)
+        except (OSError, ValueError):
+            _parsed[path] = (version, False)
+    return _parsed[path][1]
+
+
+def set_aside_incomplete(run_dir: Path, model: str, datasets: list[str], folder: Path) -> list[str]:
+    """Move the predictions files of DATASETS that exist but are not whole into FOLDER, so that
+    OpenCompass (which skips a dataset whose file exists) infers them again, resuming from its
+    tmp_ file; the datasets moved."""
+    moved = []
+    for name in datasets:
+        path = predictions_file(run_dir, model, name)
+        if path.exists() and not predictions_complete(path):
+            folder.mkdir(parents=True, exist_ok=True)
+            path.rename(folder / path.name)
+            moved.append(name)
+    return moved
 
 
 def result_error(run_dir: Path, model: str, dataset: str) -> str | None:

@@ -456,9 +456,17 @@ def _reopened_run(options: EvalOptions, work_dir: Path, inputs: _Inputs,
         manifest.fingerprint, manifest.fingerprint_inputs = wanted, inputs_now
         manifest.inputs = _recorded_inputs(options, inputs, datasets)
         manifest.model_abbr = inputs.model_abbr
-    # Only copies missing from the run are made, unless the redo replaces them all.
-    copies = copies if redo_reason else tuple((src, dst) for src, dst in copies if not dst.exists())
+    # Only copies missing from the run (or not the file the fingerprint names) are made, unless
+    # the redo replaces them all.
+    copies = copies if redo_reason else tuple((src, dst) for src, dst in copies if not _same_file(src, dst))
     return run_dir, manifest, datasets, copies, redo_reason
+
+
+def _same_file(source: Path, copy: Path) -> bool:
+    """Whether COPY holds what SOURCE does (whose hash the run's fingerprint has: it matched)."""
+    if not copy.is_file() or copy.stat().st_size != source.stat().st_size:
+        return False
+    return hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
 
 
 def _new_run(options: EvalOptions, work_dir: Path, inputs: _Inputs) -> tuple[Path, Manifest, Datasets, Copies]:

@@ -33,6 +33,8 @@ def lock_holder(run_dir: Path) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return lock_pid(fd) or "?"
+    except OSError:  # no flock on its file system: no lmeval can be holding it
+        return None
     finally:
         os.close(fd)  # closing the file releases a lock taken just to look
     return None

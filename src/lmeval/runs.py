@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,9 +17,38 @@ RUN_ID_PATTERN = re.compile(r"\d{8}_\d{6}")
 LOCK_NAME = ".lmeval.lock"  # held by the lmeval working on a run (lmeval.manifest.RunLock)
 
 
+def lock_owner() -> str:
+    """What a lock file says of the lmeval holding it: `HOST:PID`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def lock_pid(fd: int) -> str:
-    """The pid the lmeval holding a run's lock wrote into the lock file ('' if it wrote none)."""
-    return os.read(fd, 64).decode(errors="replace").strip()
+    """Who holds a run's lock, as its lock file says: `123` (on this host), `123 on host n2`
+    (on a shared file system, another node's), '' if it wrote nothing."""
+    text = os.read(fd, 256).decode(errors="replace").strip()
+    host, separator, pid = text.rpartition(":")
+    if not separator or host == socket.gethostname():
+        return pid
+    return f"{pid} on host {host}"
+
+
+def file_system(path: Path) -> str:
+    """`lustre at /scratch`: the file system PATH is on, as the mount table says."""
+    import psutil
+
+    path_text = str(Path(path).absolute())
+    mounts = [part for part in psutil.disk_partitions(all=True)
+              if path_text == part.mountpoint or path_text.startswith(part.mountpoint.rstrip("/") + "/")]
+    best = max(mounts, key=lambda part: len(part.mountpoint), default=None)
+    return f"{best.fstype} at {best.mountpoint}" if best else "an unknown file system"
+
+
+def unlockable(path: Path, error: OSError) -> UsageError:
+    """The refusal for a lock file whose file system has no working flock (Lustre mounted without
+    `-o flock` answers ENOSYS; some NFS setups ENOLCK)."""
+    return UsageError(f"cannot lock {path}: {file_system(path.parent)} does not support flock "
+                      f"({error.strerror or error}); use a work dir on a file system that does (mount Lustre with "
+                      "-o flock, or pick a local disk with -w)")
 
 
 def prepare_work_dir(work_dir: Path) -> Path:

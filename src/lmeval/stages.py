@@ -431,13 +431,23 @@ class Evaluation:
             self.manifest.stale[-1:] = [entry]
             self.app.warn(f"run {plan.run_id} was {plan.redo_reason}: its outputs were moved to {folder}; "
                           "inferring again")
+        aside = self.run_dir / "lmeval" / f"incomplete-{time.strftime('%Y%m%d_%H%M%S')}"
+        cut = outputs.set_aside_incomplete(self.run_dir, plan.model_abbr, plan.abbrs, aside)
+        if cut:
+            self.app.warn(f"the predictions of {', '.join(cut)} were cut short by an earlier stop (the file does not "
+                          f"parse, or OpenCompass's tmp_ file is still there): moved to {aside}; inferring "
+                          f"{'it' if len(cut) == 1 else 'them'} again from the answers saved so far")
         self.copy_inputs()
         self.save()
 
     def copy_inputs(self) -> None:
+        """The user's dataset files into the run, each under a temporary name renamed into place:
+        a copy cut short is never taken for the file."""
         for source, target in self.plan.copies:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copyfile(source, target)
+            partial = target.with_name(f".{target.name}.partial")
+            shutil.copyfile(source, partial)
+            partial.replace(target)
 
     def execute_stages(self, group: ServerGroup, stages: tuple[str, ...]) -> None:
         """The stages, with OpenCompass's half of them checked while the servers load."""

@@ -116,7 +116,7 @@ class StreamedJudging:
             self.ready = True
         plan = self.evaluation.plan
         done = [name for name in plan.abbrs if name not in self.handed
-                and outputs.predictions_file(plan.run_dir, plan.model_abbr, name).is_file()]
+                and outputs.predictions_complete(outputs.predictions_file(plan.run_dir, plan.model_abbr, name))]
         if not done:
             return
         if self.pace.outlasts_start_up(left):
@@ -140,7 +140,7 @@ class StreamedJudging:
         for name in plan.abbrs:
             done, total = outputs.progress(plan.run_dir, plan.model_abbr, name)
             answered += done
-            if outputs.predictions_file(plan.run_dir, plan.model_abbr, name).is_file():
+            if outputs.predictions_complete(outputs.predictions_file(plan.run_dir, plan.model_abbr, name)):
                 continue
             left = None if total is None or left is None else left + total - done
         self.pace.observe(answered, self.clock())
