@@ -1,5 +1,5 @@
-"""Servers that come back (--restarts): a stand-in that SIGKILLs itself after K answers is
-started again on its GPUs and port, and the stage resumes from what OpenCompass saved, so the
+"""Servers that come back (--restarts): a stand-in that SIGKILLs itself (or hangs) after K
+answers is started again on its GPUs and port, and the stage resumes from what OpenCompass saved, so the
 scores are exactly those of an uninterrupted run and only the prompts in flight at the crash
 are asked twice. A second crash with --restarts 1 fails as a crash always did."""
 
@@ -74,6 +74,45 @@ def test_a_target_that_dies_is_restarted_and_inference_resumes(scenario, tmp_pat
     assert f"STANDIN_CRASH_AFTER_REQUESTS={CRASH_AFTER} reached" in restart["log_tail"]
     assert manifest["stages"]["infer"]["status"] == manifest["stages"]["eval"]["status"] == "ok"
     assert leftovers([work_dir]) == []
+
+
+@pytest.mark.usefixtures("venvs")
+def test_a_target_that_hangs_is_restarted_and_inference_resumes(scenario, tmp_path, lmeval_runner):
+    """The stand-in's engine hangs after CRASH_AFTER answers (requests accepted, never answered;
+    /health 503 a second later, as LMDeploy's after 90 s): found by its health within
+    --stall-timeout, stopped, started again, and the run ends with the exact scores."""
+    work_dir, requests = tmp_path / "out", tmp_path / "requests.jsonl"
+    env = lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario[2]), STANDIN_REQUEST_LOG=str(requests),
+                            STANDIN_HANG_AFTER_REQUESTS_OF=json.dumps({"demo-chat": CRASH_AFTER}),
+                            STANDIN_HANG_ONCE=str(tmp_path / "hung"), STANDIN_HANG_UNHEALTHY_AFTER="1",
+                            STANDIN_LATENCY_SECONDS="0.1")
+    result = lmeval_runner.run("run", *target_args(scenario, work_dir, "--restarts", "1", "--stall-timeout", "2"),
+                               *judge_args(), env=env, work_dir=work_dir, timeout=SECONDS)
+    assert result.poll() == 0, result.transcript()
+    assert shown_scores(result.stdout) == scenario[3]
+    assert (tmp_path / "hung").exists()
+    [warning] = [line for line in result.stderr_lines if "restarting it" in line]
+    assert warning.startswith("lmeval: warning: target server stalled (its /health failed for ")
+    assert warning.endswith(" s: the engine makes no progress) during infer; restarting it (restart 1 of 1), then "
+                            "resuming infer")
+    assert set(asked(requests, "demo-chat")) == all_questions()
+    manifest = json.loads((work_dir / next(work_dir.iterdir()).name / "lmeval.json").read_text())
+    [restart] = manifest["restarts"]
+    assert (restart["role"], restart["stage"], restart["cause"]) == ("target", "infer", "stalled")
+    assert leftovers([work_dir]) == []
+
+
+@pytest.mark.usefixtures("venvs")
+def test_a_slow_but_steady_target_is_never_taken_for_hung(scenario, tmp_path, lmeval_runner):
+    """Every answer takes 3 s, longer than --stall-timeout 1: /health stays 200, nothing restarts."""
+    work_dir = tmp_path / "out"
+    env = lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario[2]), STANDIN_LATENCY_SECONDS="3")
+    result = lmeval_runner.run("infer", *target_args(scenario, work_dir, "--stall-timeout", "1"), env=env,
+                               work_dir=work_dir, timeout=SECONDS)
+    assert result.poll() == 0, result.transcript()
+    assert "restarting" not in result.stderr
+    manifest = json.loads((work_dir / result.stdout.strip() / "lmeval.json").read_text())
+    assert manifest["restarts"] == [] and manifest["stages"]["infer"]["status"] == "ok"
 
 
 @pytest.mark.usefixtures("venvs")

@@ -51,6 +51,7 @@ class DefaultsFile(BaseModel):
     ready_timeout: float | None = None
     grace: float | None = None
     restarts: int | None = None
+    stall_timeout: float | None = None
     stream: bool | None = None
     # generation
     temperature: float | None = None

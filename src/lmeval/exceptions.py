@@ -42,7 +42,8 @@ class ServerFailed(StageFailed):
 class ServerDied(ServerFailed):
     """A server a stage talks to ended during the stage: lmeval may restart it (--restarts)."""
 
-    def __init__(self, failure: ServerFailed, server: object, status: str) -> None:
+    def __init__(self, failure: ServerFailed, server: object, status: str, stalled: bool = False) -> None:
         super().__init__(failure.message, failure.detail)
         self.server = server  # the lmeval.launch.Server that ended
-        self.status = status  # how: `exited with code -9 (SIGKILL)`
+        self.status = status  # how: `exited with code -9 (SIGKILL)`, or how it stalled
+        self.stalled = stalled  # alive but hung (lmeval.watchdog): lmeval stops it before a restart

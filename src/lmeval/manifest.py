@@ -53,7 +53,8 @@ class RestartRecord(BaseModel):
     role: str
     stage: str
     at: float
-    died: str  # how it ended: `exited with code -9 (SIGKILL)`
+    died: str  # how it ended: `exited with code -9 (SIGKILL)`, or how it stalled
+    cause: str = "died"  # died, or stalled (alive, its /health failing: lmeval.watchdog)
     log_tail: str  # the last lines of its log as it died
 
 

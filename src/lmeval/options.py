@@ -61,6 +61,7 @@ class EvalOptions(BaseModel):
     ready_timeout: float = defaults.READY_TIMEOUT
     grace: float = defaults.GRACE
     restarts: int = defaults.RESTARTS
+    stall_timeout: float = defaults.STALL_TIMEOUT
     stream: bool = True
     dry_run: bool = False
 

@@ -50,7 +50,8 @@ class EvalPlan:
     judge_set: ServerSet | None
     ready_timeout: float
     grace: float
-    restarts: int  # per server lmeval started, when it dies during a stage
+    restarts: int  # per server lmeval started, when it dies (or stalls) during a stage
+    stall_timeout: float  # seconds a server's /health may fail on end before it counts as hung
     stream: bool  # judge each dataset once inferred, when the judge has GPUs of its own
     dry_run: bool
     # Dataset files to copy into the run (source, copy), done under the run's lock.
@@ -257,6 +258,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
     AVOID_PORTS: ports other runs of the command (a sweep's) have planned."""
     if options.restarts < 0:
         raise UsageError(f"--restarts must be 0 or more; got {options.restarts}")
+    if options.stall_timeout <= 0:
+        raise UsageError(f"--stall-timeout must be above 0 seconds; got {options.stall_timeout:g}")
     opencompass = find_executable(OPENCOMPASS, options.opencompass)
     target_key, judge_key = options.target_key(), options.judge_key()
     placement, judge_placement = _placements(options)
@@ -325,7 +328,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         run_id=run_dir.name, run_dir=run_dir, work_dir=work_dir, manifest=manifest, opencompass=opencompass,
         lmdeploy=lmdeploy, datasets=datasets, model_abbr=inputs.model_abbr, generation=inputs.generation,
         target=target, target_set=target_set, judge=judge, judge_set=judge_set, ready_timeout=options.ready_timeout,
-        grace=options.grace, restarts=options.restarts, stream=options.stream, dry_run=options.dry_run, copies=copies,
+        grace=options.grace, restarts=options.restarts, stall_timeout=options.stall_timeout, stream=options.stream,
+        dry_run=options.dry_run, copies=copies,
         redo_reason=redo_reason,
     )
 

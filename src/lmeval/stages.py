@@ -17,13 +17,15 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import httpx
+
 from lmeval import configgen, outputs
 from lmeval.app import Application
 from lmeval.exceptions import ServerDied, ServerFailed, StageFailed
 from lmeval.files import log_tail, write_private
 from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
 from lmeval.forkserver import ForkServer
-from lmeval.launch import Server, ServerGroup, command_line, new_api_key, redact
+from lmeval.launch import Server, ServerGroup, ServerSpec, command_line, new_api_key, redact
 from lmeval.manifest import RestartRecord, RunLock, ServerRecord
 from lmeval.ocrun import PLUGIN_DIR, OpenCompassRun, Preflight, PreflightFailed, last_error, venv_python
 from lmeval.options import EvalOptions
@@ -34,6 +36,7 @@ from lmeval.runs import move_aside
 from lmeval.signals import interrupt_name
 from lmeval.stats import with_stderr
 from lmeval.streaming import StreamedJudging
+from lmeval.watchdog import HealthWatch, health_probe
 
 SUPERVISE_SECONDS = 0.2
 PROGRESS_SECONDS = 5.0
@@ -242,21 +245,35 @@ class Evaluation:
                   meanwhile: Callable[[OpenCompassRun], None]) -> None:
         last_progress = ""
         last_shown = time.monotonic()
-        while oc.poll() is None:
-            failure = self.dead_server(stage, watched)
-            if failure:
-                raise failure
-            self.app.checkpoint()
-            meanwhile(oc)
-            if stage == "infer" and time.monotonic() - last_shown >= PROGRESS_SECONDS:
-                progress = self.progress_line()
-                if progress != last_progress:
-                    self.app.info(f"infer: {progress}")
-                    last_progress = progress
-                last_shown = time.monotonic()
-            time.sleep(SUPERVISE_SECONDS)
+        with httpx.Client() as client:
+            watches = {server: HealthWatch(self.plan.stall_timeout, health_probe(server.url, client))
+                       for server in watched if isinstance(server.spec, ServerSpec)}
+            while oc.poll() is None:
+                failure = self.dead_server(stage, watched) or self.stalled_server(stage, watches)
+                if failure:
+                    raise failure
+                self.app.checkpoint()
+                meanwhile(oc)
+                if stage == "infer" and time.monotonic() - last_shown >= PROGRESS_SECONDS:
+                    progress = self.progress_line()
+                    if progress != last_progress:
+                        self.app.info(f"infer: {progress}")
+                        last_progress = progress
+                    last_shown = time.monotonic()
+                time.sleep(SUPERVISE_SECONDS)
         # OpenCompass may have given up on a dead server before the poll above saw it die.
         self.server_failure = self.dead_server(stage, watched)
+
+    def stalled_server(self, stage: str, watches: dict[Server, HealthWatch]) -> ServerDied | None:
+        """A watched server whose /health has failed for --stall-timeout seconds: dead to the stage."""
+        for server, watch in watches.items():
+            seconds = watch.stalled_for()
+            if seconds is not None:
+                status = f"stalled (its /health failed for {seconds:.0f} s: the engine makes no progress)"
+                failure = server.failure(f"{status} during {stage}")
+                failure.message += f"; {self.resume_hint(stage)}"
+                return ServerDied(failure, server, status, stalled=True)
+        return None
 
     def dead_server(self, stage: str, watched: list[Server]) -> ServerDied | None:
         for server in watched:
@@ -292,7 +309,8 @@ class Evaluation:
         self.app.warn(f"{server.name} {died.status} during {stage}; restarting it "
                       f"(restart {count} of {self.plan.restarts}), then resuming {stage}")
         self.manifest.restarts.append(RestartRecord(role=server.spec.role, stage=stage, at=time.time(),
-                                                    died=died.status, log_tail=tail))
+                                                    died=died.status, log_tail=tail,
+                                                    cause="stalled" if died.stalled else "died"))
         group.stop(server)
         spec = server.spec if running.proxy else server.spec.model_copy(update={"api_key": new_api_key()})
         again = group.start(spec, running.spec.placement)

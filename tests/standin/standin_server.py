@@ -78,6 +78,15 @@ Environment variables (the real CLI has no such flags):
                              and creates it as it dies: one crash among all
                              the servers that share the setting (a server
                              started again after it runs on).
+  STANDIN_HANG_AFTER_REQUESTS  N: after the N-th chat/completions response of
+                             this process the engine hangs, as a stuck LMDeploy
+                             scheduler does: every request after it is accepted
+                             and never answered, and GET /health answers 503
+                             "unhealthy" once STANDIN_HANG_UNHEALTHY_AFTER
+                             seconds (default 1; LMDeploy's is 90) have passed.
+  STANDIN_HANG_AFTER_REQUESTS_OF  JSON {"model name": N}: for those models only.
+  STANDIN_HANG_ONCE          path: as STANDIN_CRASH_ONCE, one hang among the
+                             servers sharing the setting (a restarted one runs on).
   STANDIN_WORKER_MAX_SECONDS safety net: tp workers exit by themselves after
                              this many seconds (default 900).
   STANDIN_SHUTDOWN_TIMEOUT   max seconds a graceful shutdown waits for
@@ -714,6 +723,11 @@ class App:
         crash_after = own_setting('STANDIN_CRASH_AFTER_REQUESTS', self.model_name, -1)
         self.crash_after = int(crash_after) if crash_after >= 0 else None
         self.crash_once = os.environ.get('STANDIN_CRASH_ONCE') or None
+        hang_after = own_setting('STANDIN_HANG_AFTER_REQUESTS', self.model_name, -1)
+        self.hang_after = int(hang_after) if hang_after >= 0 else None
+        self.hang_once = os.environ.get('STANDIN_HANG_ONCE') or None
+        self.unhealthy_after = _env_float('STANDIN_HANG_UNHEALTHY_AFTER', 1.0)
+        self.hung_at: float | None = None
         self.sent_total = 0                       # never reset (crash counter)
         self.sent_lock = threading.Lock()
         markers = os.environ.get('STANDIN_JUDGE_INVALID', '')
@@ -735,6 +749,16 @@ class App:
     def healthy(self) -> bool:
         return self.bound_at is not None and time.monotonic() - self.bound_at >= self.warmup
 
+    def stuck(self) -> bool:
+        """Hung long enough for LMDeploy's health monitor to say so (STANDIN_HANG_UNHEALTHY_AFTER)."""
+        return self.hung_at is not None and time.monotonic() - self.hung_at >= self.unhealthy_after
+
+    def hang_if_hung(self) -> None:
+        """A request to a hung engine: held until the server shuts down, never answered."""
+        if self.hung_at is not None:
+            self.shutting_down.wait()
+            raise ConnectionResetError('stand-in: hung engine shutting down')
+
     def check_auth(self, header: str | None) -> bool:
         if not self.tokens:
             return True
@@ -750,10 +774,18 @@ class App:
         return ok
 
     def after_sent(self) -> None:
-        """Count a sent chat/completions response; maybe die."""
+        """Count a sent chat/completions response; maybe die, or hang."""
         with self.sent_lock:
             self.sent_total += 1
             n = self.sent_total
+        if self.hang_after is not None and n >= self.hang_after and self.hung_at is None:
+            try:
+                if self.hang_once:
+                    open(self.hang_once, 'x').close()
+                err(f'stand-in: STANDIN_HANG_AFTER_REQUESTS={self.hang_after} reached, the engine hangs')
+                self.hung_at = time.monotonic()
+            except FileExistsError:
+                self.hang_after = None
         if self.crash_after is not None and n >= self.crash_after:
             if self.crash_once:
                 try:
@@ -924,7 +956,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _health(self):
-        if self.app.healthy():
+        if self.app.stuck():
+            self._send_json(503, {'status': 'unhealthy', 'message': 'Engine made no progress.'})
+        elif self.app.healthy():
             self._send_json(200, {'status': 'healthy', 'message': 'Engine is healthy.'})
         else:
             self._send_json(503, {'status': 'initializing', 'message': 'Engine health monitor is starting.'})
@@ -1020,6 +1054,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             st.requests += 1
             st.in_flight += 1
         try:
+            app.hang_if_hung()
             replies = [self._run_prompt(p) for p in prompts]
             created = int(time.time())
             if req.get('stream'):

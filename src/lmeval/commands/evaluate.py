@@ -46,6 +46,7 @@ from lmeval.commands.options import (
     RepetitionPenalty,
     Replicas,
     Restarts,
+    StallTimeout,
     Stream,
     Reuse,
     ServerArgs,
@@ -136,6 +137,7 @@ def _target_command(stages: Stages, doc: str):
         ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,
         grace: Grace = defaults.GRACE,
         restarts: Restarts = defaults.RESTARTS,
+        stall_timeout: StallTimeout = defaults.STALL_TIMEOUT,
         stream: Stream = True,
         dry_run: DryRun = False,
         config: ConfigFile = None,
@@ -177,6 +179,7 @@ def judge(
     ready_timeout: ReadyTimeout = defaults.READY_TIMEOUT,
     grace: Grace = defaults.GRACE,
     restarts: Restarts = defaults.RESTARTS,
+    stall_timeout: StallTimeout = defaults.STALL_TIMEOUT,
     dry_run: DryRun = False,
     config: ConfigFile = None,
 ) -> None:
