@@ -183,3 +183,21 @@ def test_without_its_server_a_process_starts_the_usual_way(tmp_path, forks):
     assert process.poll() == 4
     assert said(process.log_path)["tag"] == process.tag
     assert os.environ.get(TAG_ENV) is None  # the tag is the child's alone
+
+
+def test_a_server_that_never_forks_is_given_up_for_a_new_process(tmp_path, probe_path, monkeypatch):
+    """Its imports hang (a stuck file system, say): past FIRST_REPLY_SECONDS without word of a
+    fork, the process starts the usual way instead of waiting for ever."""
+    (probe_path / "opencompass").mkdir()
+    (probe_path / "opencompass" / "__init__.py").write_text("import time\ntime.sleep(600)\n")
+    monkeypatch.setattr("lmeval.ocrun.FIRST_REPLY_SECONDS", 1.0)
+    server = ForkServer(sys.executable, tmp_path / "forkserver.log", RUN_ID)
+    assert server.start()
+    try:
+        process = probe(tmp_path, server, "5")
+        assert process.forked is not None and process.poll() is None  # asked, and waiting
+        wait_until(lambda: process.poll() is not None, 30, what="the probe to end")
+        assert process.poll() == 5 and process.forked is None and process.popen is not None
+        assert said(process.log_path)["tag"] == process.tag
+    finally:
+        server.stop()

@@ -45,6 +45,7 @@ class ForkedChild:
         self.pid: int | None = None
         self.created = 0.0
         self.began: float | None = None  # monotonic, when lmeval learnt it was forked
+        self.asked = time.monotonic()  # when lmeval asked for it
         self.code: int | None = None
         self.received = b""
 

@@ -20,6 +20,7 @@ from lmeval.forkserver import ForkedChild, ForkServer
 from lmeval.launch import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
 
 STOP_GRACE_SECONDS = 5.0
+FIRST_REPLY_SECONDS = 120.0  # for the fork server to say it forked a process (its imports: 7-8 s of CPU)
 # Modules lmeval's configs name, for OpenCompass's own processes (lmeval never imports them).
 PLUGIN_DIR = Path(__file__).resolve().parent / "opencompass_plugin"
 # The second line of the shell trampoline pip and uv write: '''exec' '/a path/bin/python' "$0" "$@"
@@ -118,6 +119,9 @@ class OpenCompassProcess:
                                             Path(self.argv[0]).name)
             if self.forked is not None:
                 return
+        self.start_anew(env)
+
+    def start_anew(self, env: dict[str, str]) -> None:
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -129,7 +133,14 @@ class OpenCompassProcess:
 
     def poll(self) -> int | None:
         if self.forked is not None:
-            return self.forked.poll()
+            code = self.forked.poll()
+            if code is None and self.forked.pid is None and time.monotonic() - self.forked.asked > FIRST_REPLY_SECONDS:
+                # The fork server never forked it (stuck in its imports, or worse): a new process.
+                self.forked.close()
+                self.forked = None
+                self.start_anew(opencompass_env(tagged_env(dict(os.environ), self.tag, owner_token(), self.run_id)))
+                return None
+            return code
         return self.popen.poll() if self.popen else None
 
     def stop(self) -> Stopped:

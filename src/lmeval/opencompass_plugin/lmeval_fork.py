@@ -26,6 +26,11 @@ def fork_child(body, output, *, new_session, truncate=False, cwd=None, environ=N
     NAME: its process name (what `ps -o comm`, `top` and `pgrep` see). CLOSE: the parent's
     sockets the child must not hold. Returns the child's pid."""
     parent = os.getpid()
+    for stream in (sys.stdout, sys.stderr):  # what the parent printed stays its own, not the child's
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     # SIGTERM held until the child has dropped the parent's handler (the fork server's).
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     pid = os.fork()
