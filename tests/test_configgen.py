@@ -19,7 +19,7 @@ from pydantic import SecretStr, ValidationError
 from conftest import venv_python
 from toolkit import REPO
 from lmeval import configgen as cg
-from lmeval.ocrun import opencompass_env
+from lmeval.ocenv import opencompass_env
 from lmeval.datasets import UserDataset, load_user_dataset
 from lmeval.exceptions import UsageError
 

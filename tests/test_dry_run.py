@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from toolkit import MODELS, REPO, TOOLS, leftovers
-from lmeval.ocrun import opencompass_env
+from lmeval.ocenv import opencompass_env
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 

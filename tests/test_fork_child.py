@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from toolkit import VENVS
 
-from lmeval.ocrun import PLUGIN_DIR
+from lmeval.ocenv import PLUGIN_DIR
 
 pytestmark = pytest.mark.opencompass
 

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import venv_python
 from toolkit import REPO
-from lmeval.ocrun import opencompass_env
+from lmeval.ocenv import opencompass_env
 
 PROBE = r"""
 import gc, inspect, json, sys, threading

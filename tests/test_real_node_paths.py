@@ -18,7 +18,7 @@ import pytest
 from lmeval import outputs
 from lmeval.exceptions import UsageError
 from lmeval.manifest import RunLock
-from lmeval.ocrun import venv_python
+from lmeval.ocenv import venv_python
 from lmeval.toolvenvs import write_wheel
 from scenarios import MC_ROWS, QA_ROWS, asked, make_scenario
 from toolkit import MODELS, TOOLS

@@ -30,7 +30,7 @@ from lmeval import datadir
 from lmeval.configgen import SuiteDataset
 from lmeval.datadir import COMPASS, HUGGING_FACE, DataManifest, DatasetRecord
 from lmeval.exceptions import StageFailed, UsageError
-from lmeval.ocrun import opencompass_env
+from lmeval.ocenv import opencompass_env
 from lmeval.runs import unlockable
 
 PARTIAL = ".partial"

@@ -22,7 +22,7 @@ from lmeval import configgen, datadir, datafiles, gpus, toolvenvs
 from lmeval.configgen import SuiteDataset, UserDataset
 from lmeval.exceptions import LmevalError, UsageError
 from lmeval.launch import check_model, model_is_path, port_taken
-from lmeval.ocrun import opencompass_env, venv_python
+from lmeval.ocenv import opencompass_env, venv_python
 from lmeval.tools import LMDEPLOY, OPENCOMPASS, Tool, find_executable, installed_version
 
 NEEDED_BY = {"langdetect": "IFEval's language checks", "punkt_tab": "IFEval's sentence counts (NLTK)",

@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 from lmeval.launch import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
+from lmeval.ocenv import opencompass_env
 
 LISTEN_WAIT_SECONDS = 10.0  # for its socket, which it binds before importing anything
 STOP_GRACE_SECONDS = 5.0
@@ -106,8 +107,6 @@ class ForkServer:
 
     def start(self) -> bool:
         """Start it and wait until it listens; False (nothing left running) if it cannot."""
-        from lmeval.ocrun import opencompass_env
-
         # A folder of the user's own (0700): nobody else may ask it to run anything.
         self.folder = Path(tempfile.mkdtemp(prefix="lmeval-forks-"))
         env = opencompass_env(tagged_env(dict(os.environ), self.tag, owner_token(), self.run_id))

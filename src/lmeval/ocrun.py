@@ -18,52 +18,17 @@ from lmeval.exceptions import StageFailed
 from lmeval.files import log_tail
 from lmeval.forkserver import ForkedChild, ForkServer
 from lmeval.launch import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
+from lmeval.ocenv import opencompass_env, venv_python
 
 STOP_GRACE_SECONDS = 5.0
 FIRST_REPLY_SECONDS = 120.0  # for the fork server to say it forked a process (its imports: 7-8 s of CPU)
-# Modules lmeval's configs name, for OpenCompass's own processes (lmeval never imports them).
-PLUGIN_DIR = Path(__file__).resolve().parent / "opencompass_plugin"
-# The second line of the shell trampoline pip and uv write: '''exec' '/a path/bin/python' "$0" "$@"
-TRAMPOLINE_EXEC = re.compile(r"""'''exec' (?:'([^']+)'|"([^"]+)") "\$0" "\$@\"""")
 _PREFLIGHT_RESULT = re.compile(r"^lmeval preflight: (ok|failed: .*)$", re.MULTILINE)
 CLI_ENTRY = "opencompass.cli.main:main"
-
-
-def opencompass_env(base: dict[str, str]) -> dict[str, str]:
-    """BASE with the plugin folder first on PYTHONPATH, where OpenCompass's task processes
-    (which inherit it) import the model class the configs name; and COMPASS_DATA_CACHE made
-    absolute, as the user meant it: OpenCompass runs in a folder of the run's own."""
-    paths = [str(PLUGIN_DIR), *filter(None, base.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**base, "PYTHONPATH": os.pathsep.join(paths)}
-    if env.get("COMPASS_DATA_CACHE"):
-        env["COMPASS_DATA_CACHE"] = os.path.abspath(env["COMPASS_DATA_CACHE"])
-    return env
 
 
 def opencompass_argv(executable: Path, config: Path, mode: str, work_dir: Path, run_id: str) -> list[str]:
     """Always `-r RUN`: the run folder is lmeval's choice, known before OpenCompass starts."""
     return [str(executable), str(config), "-m", mode, "-w", str(work_dir), "-r", run_id]
-
-
-def venv_python(executable: Path) -> Path:
-    """The Python an installed script such as `opencompass` runs on: its venv's own bin/python,
-    whatever the script's first line says (pip and uv write a `#!/bin/sh` trampoline when the
-    venv's path has a space or exceeds 127 bytes, common on HPC file systems); outside a venv
-    the interpreter its first line (or its trampoline's `exec` line) names, else the python
-    beside it."""
-    folder = Path(executable).resolve().parent
-    if (folder.parent / "pyvenv.cfg").is_file() and (folder / "python").exists():
-        return folder / "python"
-    try:
-        with open(executable, "rb") as handle:
-            head = handle.read(4096).decode(errors="replace").splitlines()
-    except OSError:
-        head = []
-    if len(head) > 1 and head[0].startswith("#!/bin/sh") and (match := TRAMPOLINE_EXEC.match(head[1])):
-        return Path(match.group(1) or match.group(2))
-    if head and head[0].startswith("#!") and head[0][2:].split():
-        return Path(head[0][2:].split()[0])
-    return Path(executable).parent / "python"
 
 
 def sys_argv(argv: list[str]) -> list[str]:

@@ -27,7 +27,8 @@ from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
 from lmeval.forkserver import ForkServer
 from lmeval.launch import Server, ServerGroup, ServerSpec, command_line, new_api_key, redact
 from lmeval.manifest import RestartRecord, RunLock, ServerRecord
-from lmeval.ocrun import PLUGIN_DIR, OpenCompassRun, Preflight, PreflightFailed, last_error, venv_python
+from lmeval.ocenv import PLUGIN_DIR, venv_python
+from lmeval.ocrun import OpenCompassRun, Preflight, PreflightFailed, last_error
 from lmeval.options import EvalOptions
 from lmeval.configgen import ServedModel
 from lmeval.plan import EvalPlan, in_flight, make_plan

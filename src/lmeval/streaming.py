@@ -21,18 +21,39 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from lmeval import outputs
+from lmeval.app import Application
 from lmeval.configgen import ServedModel
 from lmeval.fleet import RunningSet
 from lmeval.ocrun import OpenCompassProcess, OpenCompassRun
+from lmeval.plan import EvalPlan
 from lmeval.readiness import port_open
 
-if TYPE_CHECKING:
-    from lmeval.stages import Evaluation
-
 POLL_SECONDS = 0.2
+
+
+class SharedServer(Protocol):
+    """A judge several runs share: how its clients reach it now (None until it is ready)."""
+
+    served: ServedModel | None
+
+
+class Judging(Protocol):
+    """What streamed judging needs of the evaluation it runs beside (lmeval.stages.Evaluation)."""
+
+    app: Application
+    plan: EvalPlan
+    shared_judge: SharedServer | None
+
+    def render(self, stage: str, target: ServedModel, judge: ServedModel | None, abbrs: list[str] | None = None,
+               path: Path | None = None) -> Path: ...
+
+    def opencompass(self, stage: str, config: Path, log_name: str = "") -> OpenCompassRun: ...
+
+    def wait(self, running: RunningSet, served: ServedModel) -> ServedModel: ...
 
 
 @dataclass
@@ -76,7 +97,7 @@ class StreamedJudging:
     """One OpenCompass evaluation at a time, of the datasets whose predictions are complete and
     that no evaluation had yet."""
 
-    def __init__(self, evaluation: Evaluation, judge: RunningSet, served: ServedModel,
+    def __init__(self, evaluation: Judging, judge: RunningSet, served: ServedModel,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.evaluation = evaluation
         self.clock = clock

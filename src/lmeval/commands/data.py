@@ -63,7 +63,7 @@ def pull_command(
     def run(application) -> int:
         from lmeval import configgen, datapull
         from lmeval.exceptions import UsageError
-        from lmeval.ocrun import venv_python
+        from lmeval.ocenv import venv_python
         from lmeval.tools import OPENCOMPASS, find_executable, installed_version
 
         settings = _settings(ctx, values, config)
