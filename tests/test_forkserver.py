@@ -17,7 +17,7 @@ import pytest
 from toolkit import alive, running, wait_until
 
 from lmeval.forkserver import ForkServer
-from lmeval.launch import TAG_ENV
+from lmeval.processes import TAG_ENV
 from lmeval.ocrun import OpenCompassProcess
 
 pytestmark = pytest.mark.processes

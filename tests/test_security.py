@@ -19,7 +19,8 @@ import pytest
 from scenarios import make_chain_scenario
 from toolkit import MODELS, STANDIN, TOOLS, describe, health, lmeval_env, only_run, read_json, shown_scores, wait_until
 
-from lmeval.launch import OWNER_ENV, free_port
+from lmeval.launch import free_port
+from lmeval.processes import OWNER_ENV
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
 

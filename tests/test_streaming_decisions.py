@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from lmeval.launch import Stopped
+from lmeval.processes import Stopped
 from lmeval.streaming import Pace, StreamedJudging
 
 

@@ -13,7 +13,8 @@ import typer
 
 from lmeval import signals
 from lmeval.app import Application
-from lmeval.launch import ServerGroup, Stopped
+from lmeval.launch import ServerGroup
+from lmeval.processes import Stopped
 
 
 class FakeClock:

@@ -32,7 +32,8 @@ import httpx
 import psutil
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from lmeval.launch import OWNER_ENV, RUN_ENV, TAG_ENV, ServerState
+from lmeval.launch import ServerState
+from lmeval.processes import OWNER_ENV, RUN_ENV, TAG_ENV
 from lmeval.readiness import http_client
 
 REPO = Path(__file__).resolve().parent.parent

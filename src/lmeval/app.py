@@ -19,7 +19,7 @@ from lmeval.exceptions import EXIT_INTERRUPTED, EXIT_STAGE_FAILED, LmevalError
 from lmeval.signals import Cancel, interrupt_name, interrupts_handled, shielded
 
 if TYPE_CHECKING:
-    from lmeval.launch import Stopped
+    from lmeval.processes import Stopped
 
 
 @dataclass(frozen=True)

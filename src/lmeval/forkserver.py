@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from lmeval.launch import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
+from lmeval.processes import live_process, owner_token, prepare_child, Stopped, tagged_env, terminate
 from lmeval.ocenv import opencompass_env
 
 LISTEN_WAIT_SECONDS = 10.0  # for its socket, which it binds before importing anything

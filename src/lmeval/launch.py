@@ -1,14 +1,10 @@
-"""LMDeploy servers owned by lmeval: built from a spec, started in a session of their own,
-checked ready, and stopped with every process they spawned.
-
-Each server carries a tag in its environment (inherited by every descendant, including the
-workers that move into sessions of their own), so a stop, or a later `lmeval cleanup`, can find
-them all even after their parent died.
+"""LMDeploy servers owned by lmeval: built from a spec (the command line a pure function of
+it), started in a session of their own, checked ready, and stopped with every process they
+spawned, found by the tag each carries (lmeval.processes).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import secrets
@@ -18,7 +14,6 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -29,15 +24,18 @@ from lmeval import gpus as gpu_inventory
 from lmeval import signals
 from lmeval.exceptions import ServerFailed, UsageError
 from lmeval.files import log_tail, write_private
+from lmeval.processes import (
+    Stopped,
+    live_process,
+    owner_token,
+    prepare_child,
+    process_tree,
+    tagged_env,
+    terminate,
+)
 
-TAG_ENV = "LMEVAL_TAG"  # unique per server; inherited by all its descendants
-OWNER_ENV = "LMEVAL_OWNER"  # "pid:create_time" of the lmeval process that owns the server
-RUN_ENV = "LMEVAL_RUN_ID"
 REDACTED = "***"
 LOG_TAIL_LINES = 20
-# After SIGKILL, how long a stop waits for the processes to end: on a GPU a killed process can
-# sit in the driver (state D) while its memory is released. Then lmeval says what is left.
-KILL_WAIT_SECONDS = 30.0
 
 # Flags lmeval sets itself; in --server-args they would silently fight lmeval's own.
 OWNED_FLAGS = {
@@ -149,14 +147,6 @@ def command_line(lmdeploy: Path | str, spec: ListenerSpec) -> list[str]:
     return proxy_argv(lmdeploy, spec) if isinstance(spec, ProxySpec) else server_argv(lmdeploy, spec)
 
 
-def tagged_env(base: dict[str, str], tag: str, owner: str, run_id: str = "") -> dict[str, str]:
-    """BASE plus the tags every descendant inherits, by which a stop or `lmeval cleanup` finds it."""
-    env = {**base, TAG_ENV: tag, OWNER_ENV: owner}
-    if run_id:
-        env[RUN_ENV] = run_id
-    return env
-
-
 def server_env(spec: ListenerSpec, base: dict[str, str], tag: str, owner: str, run_id: str = "") -> dict[str, str]:
     """The child's environment: GPUs through CUDA_VISIBLE_DEVICES, and the tags that find it later."""
     env = tagged_env(base, tag, owner, run_id)
@@ -167,20 +157,6 @@ def server_env(spec: ListenerSpec, base: dict[str, str], tag: str, owner: str, r
 def redact(argv: Iterable[str], secret_values: Iterable[str]) -> list[str]:
     hidden = {value for value in secret_values if value}
     return [REDACTED if arg in hidden else arg for arg in argv]
-
-
-def owner_token(pid: int | None = None) -> str:
-    """Identify a process across PID reuse: pid plus its start time."""
-    process = psutil.Process(pid)
-    return f"{process.pid}:{process.create_time():.3f}"
-
-
-def owner_alive(token: str) -> bool:
-    pid, _, created = token.partition(":")
-    try:
-        return f"{float(psutil.Process(int(pid)).create_time()):.3f}" == created
-    except (ValueError, psutil.Error):
-        return False
 
 
 # ---------------------------------------------------------------- ports
@@ -220,109 +196,6 @@ def check_port_free(host: str, port: int, option: str = "--port") -> None:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def prepare_child() -> None:
-    """In a child before exec: files it writes are the owner's alone, and it gets SIGTERM
-    when lmeval dies, even by SIGKILL (Linux PR_SET_PDEATHSIG; in fact when the thread that
-    started it ends: see ServerGroup.starter)."""
-    os.umask(0o077)
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
-
-
-def tagged_processes(match) -> list[psutil.Process]:
-    """Every process of this user whose lmeval tag satisfies MATCH(tag, owner)."""
-    found = []
-    me, uid = os.getpid(), os.getuid()
-    for process in psutil.process_iter():
-        if process.pid == me:
-            continue
-        try:
-            if process.uids().real != uid:
-                continue  # never another user's processes, even when run as root
-            env = process.environ()
-        except (psutil.Error, OSError):
-            continue
-        tag = env.get(TAG_ENV)
-        if tag and match(tag, env.get(OWNER_ENV, "")):
-            found.append(process)
-    return found
-
-
-@dataclass(frozen=True)
-class Stopped:
-    """What one stop really did: how many processes (or jobs) ended, in words, and what still
-    ran at its end."""
-
-    ended: int
-    left: tuple[str, ...] = ()  # "pid 1234 (disk-sleep)", "Slurm job 12 (COMPLETING)"
-    summary: str = ""  # "3 processes ended"; made from ENDED when not given
-
-    def __post_init__(self) -> None:
-        if not self.summary:
-            object.__setattr__(self, "summary", f"{self.ended} processes ended")
-
-
-def _pids(processes: Iterable[psutil.Process]) -> str:
-    return ", ".join(str(process.pid) for process in processes)
-
-
-def end_processes(processes: Iterable[psutil.Process], what: str,
-                  timeout: float = KILL_WAIT_SECONDS) -> list[psutil.Process]:
-    """SIGKILL PROCESSES and wait up to TIMEOUT seconds until each has ended; return those
-    still running then (a process stuck in the GPU driver outlives SIGKILL for a while).
-
-    Ended means gone or a zombie: an orphan's zombie waits for init to reap it, which can take
-    a second or more, yet it holds no memory, GPU or port any more."""
-    killed = []
-    for process in running(processes).values():
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            continue
-        killed.append(process)
-    signals.wait(lambda: not running(killed), timeout,
-                 lambda: f"{what} to end after SIGKILL (pids {_pids(running(killed).values())})")
-    return list(running(killed).values())
-
-
-def _state_of(process: psutil.Process) -> str:
-    try:
-        return process.status()
-    except psutil.Error:
-        return "gone"
-
-
-def terminate(leader: psutil.Process | None, tag: str, grace: float, what: str) -> Stopped:
-    """Stop a server's whole tree: LEADER and descendants, plus anything carrying TAG. WHAT
-    names them to the user ("the target server").
-
-    Descendants are listed before any signal (once the leader dies they are orphans). The
-    leader's group gets SIGTERM so LMDeploy can shut down cleanly; once the leader has exited,
-    or after GRACE seconds, whatever remains - workers that ignore SIGTERM, workers in sessions
-    of their own - is killed. Every wait has a deadline; Ctrl-C is held off throughout.
-    """
-    def tagged() -> dict[int, psutil.Process]:
-        return running(tagged_processes(lambda found, owner: found == tag))
-
-    with signals.shielded():
-        known = running(process_tree(leader)) if leader else {}
-        known.update(tagged())
-        if leader is not None:
-            try:
-                os.killpg(leader.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-            signals.wait(lambda: not running([leader]), grace,
-                         lambda: f"{what} to exit after SIGTERM (pid {leader.pid}; SIGKILL after {grace:g} s)")
-        known.update(tagged())
-        left = end_processes(known.values(), what)
-        return Stopped(ended=len(known) - len(left),
-                       left=tuple(f"pid {process.pid} ({_state_of(process)})" for process in left))
 
 
 class ServerState(BaseModel):
@@ -511,34 +384,6 @@ class Server:
         if self.popen is not None:
             self.popen.poll()  # reap the leader if it ended; never block on one that did not
         return stopped
-
-
-def live_process(pid: int, created: float) -> psutil.Process | None:
-    """The process PID if it is still the one that started at CREATED (not a reused pid)."""
-    try:
-        process = psutil.Process(pid)
-        return process if process.create_time() == created else None
-    except psutil.Error:
-        return None
-
-
-def process_tree(leader: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return [leader]
-
-
-def running(processes: Iterable[psutil.Process]) -> dict[int, psutil.Process]:
-    """The processes that still run: a zombie has ended already and is not counted as ended by us."""
-    found = {}
-    for process in processes:
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE:
-                found[process.pid] = process
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 class Placement(Protocol):

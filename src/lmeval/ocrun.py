@@ -17,7 +17,7 @@ import psutil
 from lmeval.exceptions import StageFailed
 from lmeval.files import log_tail
 from lmeval.forkserver import ForkedChild, ForkServer
-from lmeval.launch import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
+from lmeval.processes import live_process, owner_token, prepare_child, Stopped, tagged_env, terminate
 from lmeval.ocenv import opencompass_env, venv_python
 
 STOP_GRACE_SECONDS = 5.0

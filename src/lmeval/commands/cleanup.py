@@ -23,7 +23,8 @@ def cleanup(app, *, work_dir: Path, grace: float) -> int:
     import psutil
 
     from lmeval.exceptions import UsageError
-    from lmeval.launch import TAG_ENV, ServerState, live_process, owner_alive, tagged_processes, terminate
+    from lmeval.launch import ServerState
+    from lmeval.processes import TAG_ENV, live_process, owner_alive, tagged_processes, terminate
     from lmeval.slurm_server import cancel_jobs, jobs_tagged
 
     work_dir = work_dir.expanduser().absolute()
