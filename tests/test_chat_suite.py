@@ -178,7 +178,7 @@ def test_a_failing_dataset_costs_only_itself_and_reuse_redoes_only_it(tmp_path, 
 def test_the_suites_data_paths_are_where_opencompass_reads_them():
     """lmeval's table of where each dataset's data lies, against OpenCompass's own DATASETS_MAPPING
     and the configs' paths, read in its venv."""
-    from lmeval.configgen import CHAT_SUITE
+    from lmeval.suites import CHAT_SUITE
 
     script = (
         "import json, importlib\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lmeval import configgen, outputs
+from lmeval import outputs, suites
 from lmeval.cli import app
 from lmeval.launch import ServerState
 
@@ -117,8 +117,8 @@ def test_results_count_a_group_row_over_its_datasets_as_the_run_recorded_it(tmp_
 
 
 def test_the_chat_suite_judges_mmlu_pro_as_one_row_over_its_fourteen_datasets():
-    rows = configgen.judged_rows(configgen.select_suite("chat"))
-    assert rows["mmlu_pro"] == [f"mmlu_pro_{c.replace(' ', '_')}" for c in configgen.MMLU_PRO_CATEGORIES]
+    rows = suites.judged_rows(suites.select_suite("chat"))
+    assert rows["mmlu_pro"] == [f"mmlu_pro_{c.replace(' ', '_')}" for c in suites.MMLU_PRO_CATEGORIES]
     assert rows["GPQA_diamond_repeat_4"] == ["GPQA_diamond_repeat_4"]
     assert "IFEval" not in rows and "lcb_code_generation_repeat_6" not in rows  # scored by rule
 

@@ -18,7 +18,7 @@ from pydantic import SecretStr, ValidationError
 
 from conftest import venv_python
 from toolkit import REPO
-from lmeval import configgen as cg
+from lmeval import configgen, configplan, prompts, pyliteral, suites
 from lmeval.ocenv import opencompass_env
 from lmeval.datasets import UserDataset, load_user_dataset
 from lmeval.exceptions import UsageError
@@ -50,18 +50,18 @@ MC_ROWS = rows({"question": "Pick the second", "A": "one", "B": "two", "C": "thr
                {"question": "Pick the first", "A": "x", "B": "y", "C": "z", "answer": "A"})
 
 
-def served(role: str, port: int, in_flight: int, tokenizer: str = "/models/tok") -> cg.ServedModel:
-    return cg.ServedModel(base_url=f"http://127.0.0.1:{port}", api_key=SecretStr(f"sk-{role}-key"),
-                          served_name=f"{role}-served", tokenizer_path=tokenizer, in_flight=in_flight)
+def served(role: str, port: int, in_flight: int, tokenizer: str = "/models/tok") -> configplan.ServedModel:
+    return configplan.ServedModel(base_url=f"http://127.0.0.1:{port}", api_key=SecretStr(f"sk-{role}-key"),
+                                  served_name=f"{role}-served", tokenizer_path=tokenizer, in_flight=in_flight)
 
 
-def plan(datasets, judge: bool = True, tokenizer: str = "/models/tok", **overrides) -> cg.ConfigPlan:
+def plan(datasets, judge: bool = True, tokenizer: str = "/models/tok", **overrides) -> configplan.ConfigPlan:
     values = dict(
         datasets=tuple(datasets), model_abbr="my-model", target=served("target", 23333, 64, tokenizer),
         judge=served("judge", 23334, 32, tokenizer) if judge else None,
     )
     values.update(overrides)
-    return cg.ConfigPlan(**values)
+    return configplan.ConfigPlan(**values)
 
 
 def usage_error(call, *args, **kwargs) -> str:
@@ -75,31 +75,31 @@ def usage_error(call, *args, **kwargs) -> str:
 
 
 def test_chat_suite_lists_its_six_datasets_and_which_need_the_judge():
-    table = cg.task_rows()
+    table = suites.task_rows()
     assert [row.dataset for row in table if row.suite == "chat"] == list(CHAT_NAMES)
     assert {row.dataset for row in table if row.needs_judge} == CHAT_JUDGED
     by_name = {row.dataset: row for row in table}
-    assert by_name["mmlu_pro"].results == tuple("mmlu_pro_" + c.replace(" ", "_") for c in cg.MMLU_PRO_CATEGORIES)
+    assert by_name["mmlu_pro"].results == tuple("mmlu_pro_" + c.replace(" ", "_") for c in suites.MMLU_PRO_CATEGORIES)
     assert by_name["code"].results == ("lcb_code_generation_repeat_6",)
 
 
 def test_select_suite_keeps_suite_order_and_refuses_unknown_names():
-    assert [d.name for d in cg.select_suite("chat", "ifeval, gpqa")] == ["gpqa", "ifeval"]
-    assert [d.name for d in cg.select_suite("chat", ["hle", "code", "hle"])] == ["code", "hle"]
-    assert [d.name for d in cg.select_suite("chat")] == list(CHAT_NAMES)
-    assert usage_error(cg.select_suite, "chat", "gpqa,mmlu") == (
+    assert [d.name for d in suites.select_suite("chat", "ifeval, gpqa")] == ["gpqa", "ifeval"]
+    assert [d.name for d in suites.select_suite("chat", ["hle", "code", "hle"])] == ["code", "hle"]
+    assert [d.name for d in suites.select_suite("chat")] == list(CHAT_NAMES)
+    assert usage_error(suites.select_suite, "chat", "gpqa,mmlu") == (
         "unknown dataset 'mmlu' in --datasets; the chat suite has: aime2025, gpqa, ifeval, code, mmlu_pro, hle")
-    assert usage_error(cg.select_suite, "chat", "gpqa,,ifeval").startswith("--datasets needs comma-separated names")
-    assert usage_error(cg.select_suite, "base") == "unknown task 'base'; --task takes one of: chat (see lmeval tasks)"
+    assert usage_error(suites.select_suite, "chat", "gpqa,,ifeval").startswith("--datasets needs comma-separated names")
+    assert usage_error(suites.select_suite, "base") == "unknown task 'base'; --task takes one of: chat (see lmeval tasks)"
 
 
 def test_needs_judge_only_for_judged_datasets(tmp_path):
     qa = load_user_dataset(write(tmp_path / "qa.jsonl", QA_ROWS))
     mc = load_user_dataset(write(tmp_path / "mc.jsonl", MC_ROWS))
-    assert not cg.needs_judge(cg.select_suite("chat", "ifeval,code"))
-    assert not cg.needs_judge([mc, *cg.select_suite("chat", "ifeval")])
-    assert cg.needs_judge(cg.select_suite("chat", "gpqa"))  # cascade: rule first, then the judge
-    assert cg.needs_judge([mc, qa])
+    assert not suites.needs_judge(suites.select_suite("chat", "ifeval,code"))
+    assert not suites.needs_judge([mc, *suites.select_suite("chat", "ifeval")])
+    assert suites.needs_judge(suites.select_suite("chat", "gpqa"))  # cascade: rule first, then the judge
+    assert suites.needs_judge([mc, qa])
     assert qa.needs_judge and not mc.needs_judge
 
 
@@ -207,34 +207,34 @@ def test_resolve_datasets_refuses_clashing_names(tmp_path):
     a = write(tmp_path / "x.jsonl", QA_ROWS)
     (tmp_path / "other").mkdir()
     b = write(tmp_path / "other" / "x.jsonl", MC_ROWS)
-    assert usage_error(cg.resolve_datasets, None, None, [a, b]) == (
+    assert usage_error(suites.resolve_datasets, None, None, [a, b]) == (
         f"dataset name 'x' of {b} is already used by {a}; rename the file")
     ifeval = write(tmp_path / "IFEval.jsonl", QA_ROWS)
-    assert usage_error(cg.resolve_datasets, "chat", "ifeval", [ifeval]) == (
+    assert usage_error(suites.resolve_datasets, "chat", "ifeval", [ifeval]) == (
         f"dataset name 'IFEval' of {ifeval} is already used by the ifeval dataset of the chat suite; rename the file")
-    assert cg.resolve_datasets("chat", "gpqa", [ifeval])[-1].name == "IFEval"  # ifeval not picked: no clash
+    assert suites.resolve_datasets("chat", "gpqa", [ifeval])[-1].name == "IFEval"  # ifeval not picked: no clash
     group = write(tmp_path / "mmlu_pro.jsonl", QA_ROWS)
-    assert "already used by the mmlu_pro summary of the chat suite" in usage_error(cg.resolve_datasets, "chat", None,
+    assert "already used by the mmlu_pro summary of the chat suite" in usage_error(suites.resolve_datasets, "chat", None,
                                                                                    [group])
     core = write(tmp_path / "core_average.jsonl", QA_ROWS)
-    assert "already used by the chat suite's average" in usage_error(cg.resolve_datasets, "chat", None, [core])
+    assert "already used by the chat suite's average" in usage_error(suites.resolve_datasets, "chat", None, [core])
     shard = write(tmp_path / "x_0.jsonl", QA_ROWS)
-    assert usage_error(cg.resolve_datasets, None, None, [a, shard]) == (
+    assert usage_error(suites.resolve_datasets, None, None, [a, shard]) == (
         "dataset name 'x_0' would be mistaken for shards or judge files of dataset 'x' in OpenCompass's outputs; "
         "rename the file")
     replica = write(tmp_path / "IFEval_replica0.jsonl", QA_ROWS)
-    assert "of dataset 'IFEval'" in usage_error(cg.resolve_datasets, "chat", "ifeval", [replica])
-    assert usage_error(cg.resolve_datasets, None, None, []) == (
+    assert "of dataset 'IFEval'" in usage_error(suites.resolve_datasets, "chat", "ifeval", [replica])
+    assert usage_error(suites.resolve_datasets, None, None, []) == (
         "no datasets to evaluate: pick a suite or pass --dataset FILE.jsonl")
-    assert usage_error(cg.resolve_datasets, None, "gpqa", []) == "--datasets picks from a suite; name the suite too"
+    assert usage_error(suites.resolve_datasets, None, "gpqa", []) == "--datasets picks from a suite; name the suite too"
 
 
 def test_resolve_datasets_keeps_suite_then_files(tmp_path):
     qa = write(tmp_path / "qa.jsonl", QA_ROWS)
     mc = write(tmp_path / "mc.jsonl", MC_ROWS)
-    chosen = cg.resolve_datasets("chat", "ifeval,gpqa", [mc, qa])
+    chosen = suites.resolve_datasets("chat", "ifeval,gpqa", [mc, qa])
     assert [getattr(item, "name") for item in chosen] == ["gpqa", "ifeval", "mc", "qa"]
-    assert cg.dataset_abbrs(chosen) == ["GPQA_diamond_repeat_4", "IFEval", "mc", "qa"]
+    assert suites.dataset_abbrs(chosen) == ["GPQA_diamond_repeat_4", "IFEval", "mc", "qa"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def test_resolve_datasets_keeps_suite_then_files(tmp_path):
 @given(st.text())
 @settings(max_examples=300, deadline=None)
 def test_py_str_is_exact_and_harmless(value):
-    literal = cg.py_str(value)
+    literal = pyliteral.py_str(value)
     assert ast.literal_eval(literal) == value
     assert literal.isascii() and literal.isprintable()
     assert not set("{}\n\r") & set(literal)
@@ -252,43 +252,44 @@ def test_py_str_is_exact_and_harmless(value):
 
 
 def test_py_str_examples():
-    assert cg.py_str("plain name-1.0/x:y z") == "'plain name-1.0/x:y z'"
-    assert cg.py_str("{{ fileDirname }}") == "'\\x7b\\x7b fileDirname \\x7d\\x7d'"
-    assert cg.py_str("a'b\\c\n") == "'a\\x27b\\x5cc\\x0a'"
-    assert cg.py_str("é漢🙂\ud800") == "'\\xe9\\u6f22\\U0001f642\\ud800'"
+    assert pyliteral.py_str("plain name-1.0/x:y z") == "'plain name-1.0/x:y z'"
+    assert pyliteral.py_str("{{ fileDirname }}") == "'\\x7b\\x7b fileDirname \\x7d\\x7d'"
+    assert pyliteral.py_str("a'b\\c\n") == "'a\\x27b\\x5cc\\x0a'"
+    assert pyliteral.py_str("é漢🙂\ud800") == "'\\xe9\\u6f22\\U0001f642\\ud800'"
 
 
 def test_render_is_deterministic_and_brace_free(tmp_path):
     qa = load_user_dataset(write(tmp_path / "qa.jsonl", QA_ROWS))
     mc = load_user_dataset(write(tmp_path / "mc.jsonl", MC_ROWS))
-    the_plan = plan([*cg.select_suite("chat"), qa, mc])
+    the_plan = plan([*suites.select_suite("chat"), qa, mc])
     for stage in ("infer", "eval"):
-        text = cg.render_config(stage, the_plan)
-        assert text == cg.render_config(stage, plan([*cg.select_suite("chat"), qa, mc]))
+        text = configgen.render_config(stage, the_plan)
+        assert text == configgen.render_config(stage, plan([*suites.select_suite("chat"), qa, mc]))
         assert "{" not in text and "}" not in text
         compile(text, f"{stage}.py", "exec")
-    infer, evaluation = cg.render_config("infer", the_plan), cg.render_config("eval", the_plan)
+    infer, evaluation = configgen.render_config("infer", the_plan), configgen.render_config("eval", the_plan)
     assert "OpenICLInferConcurrentTask" in infer and "sk-judge-key" not in infer and "summarizer" not in infer
     assert "OpenICLEvalTask" in evaluation and "sk-judge-key" in evaluation and "summarizer = " in evaluation
 
 
 def test_render_refuses_what_opencompass_would_mangle(tmp_path):
     qa = load_user_dataset(write(tmp_path / "qa.jsonl", QA_ROWS))
-    assert usage_error(cg.render_config, "infer", plan([qa], model_abbr="a/b")) == (
+    assert usage_error(configgen.render_config, "infer", plan([qa], model_abbr="a/b")) == (
         "model name 'a/b' must be usable as a folder name (OpenCompass writes predictions/NAME/): "
         "no '/', not empty, '.' or '..'")
-    assert usage_error(cg.render_config, "infer", plan([qa], model_abbr="..")).startswith("model name '..' must be")
-    assert usage_error(cg.render_config, "eval", plan([qa], model_abbr="x{{ fileDirname }}")) == (
+    assert usage_error(configgen.render_config, "infer", plan([qa], model_abbr="..")).startswith("model name '..' must be")
+    assert usage_error(configgen.render_config, "eval", plan([qa], model_abbr="x{{ fileDirname }}")) == (
         "model name 'x{{ fileDirname }}' contains '{{': OpenCompass re-reads its config through mmengine, "
         "which rewrites '{{ ... }}' in it; rename it")
     secret = served("judge", 1, 1).model_copy(update={"api_key": SecretStr("k{{$HOME:x}}")})
-    assert usage_error(cg.render_config, "eval", plan([qa], judge=False).model_copy(update={"judge": secret})) == (
+    assert usage_error(configgen.render_config, "eval", plan([qa], judge=False).model_copy(update={"judge": secret})) == (
         "judge API key (hidden) contains '{{': OpenCompass re-reads its config through mmengine, "
         "which rewrites '{{ ... }}' in it; rename it")
     braced = qa.model_copy(update={"path": "/data/{{x}}/qa.jsonl"})
-    assert "dataset file '/data/{{x}}/qa.jsonl' contains '{{'" in usage_error(cg.render_config, "infer", plan([braced]))
+    assert "dataset file '/data/{{x}}/qa.jsonl' contains '{{'" in usage_error(configgen.render_config, "infer",
+                                                                               plan([braced]))
     reasoning = served("target", 1, 1).model_copy(update={"served_name": "Marco-o1"})
-    assert usage_error(cg.render_config, "infer", plan([qa], target=reasoning)) == (
+    assert usage_error(configgen.render_config, "infer", plan([qa], target=reasoning)) == (
         "model served name 'Marco-o1' contains 'o1': OpenCompass 0.5.4 then treats it as an OpenAI reasoning "
         "model (drops the temperature, sends max_completion_tokens); serve it under another name")
 
@@ -296,31 +297,34 @@ def test_render_refuses_what_opencompass_would_mangle(tmp_path):
 def test_eval_needs_a_judge_only_for_judged_datasets(tmp_path):
     qa = load_user_dataset(write(tmp_path / "qa.jsonl", QA_ROWS))
     mc = load_user_dataset(write(tmp_path / "mc.jsonl", MC_ROWS))
-    cg.render_config("infer", plan([qa], judge=False))  # inference never needs it
+    configgen.render_config("infer", plan([qa], judge=False))  # inference never needs it
     with pytest.raises(ValueError, match="the eval stage needs a judge for qa"):
-        cg.render_config("eval", plan([qa, mc], judge=False))
-    text = cg.render_config("eval", plan([mc, *cg.select_suite("chat", "ifeval,code")], judge=True))
+        configgen.render_config("eval", plan([qa, mc], judge=False))
+    text = configgen.render_config("eval", plan([mc, *suites.select_suite("chat", "ifeval,code")], judge=True))
     assert "judge" not in text.replace(str(tmp_path), "")  # rule-scored only: no judge wired in
 
 
 def test_plan_validation():
     with pytest.raises(ValidationError, match="must start with http"):
-        cg.ServedModel(base_url="127.0.0.1:1", api_key=SecretStr("k"), served_name="m", tokenizer_path="/t", in_flight=1)
+        configplan.ServedModel(base_url="127.0.0.1:1", api_key=SecretStr("k"), served_name="m", tokenizer_path="/t",
+                               in_flight=1)
     with pytest.raises(ValidationError, match="must not end in /v1"):
-        cg.ServedModel(base_url="http://h:1/v1/", api_key=SecretStr("k"), served_name="m", tokenizer_path="/t", in_flight=1)
+        configplan.ServedModel(base_url="http://h:1/v1/", api_key=SecretStr("k"), served_name="m", tokenizer_path="/t",
+                               in_flight=1)
     with pytest.raises(ValidationError):
-        cg.ServedModel(base_url="http://h:1", api_key=SecretStr("k"), served_name="m", tokenizer_path="/t", in_flight=0)
+        configplan.ServedModel(base_url="http://h:1", api_key=SecretStr("k"), served_name="m", tokenizer_path="/t",
+                               in_flight=0)
     with pytest.raises(ValidationError):
-        cg.Generation(temperature=float("nan"), max_out_len=1, max_seq_len=1, mode="none")
+        configplan.Generation(temperature=float("nan"), max_out_len=1, max_seq_len=1, mode="none")
     assert served("x", 1, 1).api_base == "http://127.0.0.1:1/v1"
 
 
 def test_judge_threads_share_in_flight(tmp_path):
     qa = load_user_dataset(write(tmp_path / "qa.jsonl", QA_ROWS))
-    chat = cg.select_suite("chat")
-    assert cg.judge_threads(plan([qa])) == 32  # one judged dataset: all of in_flight
-    assert cg.judge_threads(plan([*chat, qa])) == 8  # 4 eval tasks at once share 32
-    assert cg.judge_threads(plan([*chat], eval_workers=64)) == 1  # never below one
+    chat = suites.select_suite("chat")
+    assert configgen.judge_threads(plan([qa])) == 32  # one judged dataset: all of in_flight
+    assert configgen.judge_threads(plan([*chat, qa])) == 8  # 4 eval tasks at once share 32
+    assert configgen.judge_threads(plan([*chat], eval_workers=64)) == 1  # never below one
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,7 +352,7 @@ def _abbr_ok(value: str) -> bool:
 
 
 def _served_ok(value: str) -> bool:
-    return bool(value) and _renderable(value) and not any(m in value for m in cg.OPENAI_REASONING_MARKERS)
+    return bool(value) and _renderable(value) and not any(m in value for m in configplan.OPENAI_REASONING_MARKERS)
 
 
 ROUND_TRIP_EXAMPLES = 60
@@ -377,13 +381,13 @@ def draw_round_trip_cases() -> list[dict]:
     return cases
 
 
-def round_trip_plan(case: dict) -> cg.ConfigPlan:
+def round_trip_plan(case: dict) -> configplan.ConfigPlan:
     dataset = UserDataset(path="/data/" + case["path"] + ".jsonl", name=case["name"], kind="qa", rows=1)
-    target = cg.ServedModel(base_url="http://h/" + case["url"], api_key=SecretStr(case["key"]),
-                            served_name=case["served_name"], tokenizer_path=case["tokenizer"], in_flight=7)
-    judge = cg.ServedModel(base_url="https://j/" + case["url"], api_key=SecretStr(case["judge_key"]),
-                           served_name=case["judge_name"], tokenizer_path=case["tokenizer"], in_flight=5)
-    return cg.ConfigPlan(datasets=(dataset,), model_abbr=case["abbr"], target=target, judge=judge)
+    target = configplan.ServedModel(base_url="http://h/" + case["url"], api_key=SecretStr(case["key"]),
+                                    served_name=case["served_name"], tokenizer_path=case["tokenizer"], in_flight=7)
+    judge = configplan.ServedModel(base_url="https://j/" + case["url"], api_key=SecretStr(case["judge_key"]),
+                                   served_name=case["judge_name"], tokenizer_path=case["tokenizer"], in_flight=5)
+    return configplan.ConfigPlan(datasets=(dataset,), model_abbr=case["abbr"], target=target, judge=judge)
 
 
 def run_loader(out: Path, configs: list[Path], *options: str) -> dict:
@@ -411,25 +415,25 @@ class Loaded:
         self.tokenizer = root / "tokenizer"
         qa = load_user_dataset(write(self.data / "my_qa.jsonl", QA_ROWS))
         mc = load_user_dataset(write(self.data / "my_mc.jsonl", MC_ROWS))
-        chat = cg.select_suite("chat")
+        chat = suites.select_suite("chat")
         tok = str(self.tokenizer)
         self.plans = {  # files_eval first: its first task dump is the one formatted with yapf
             "files_eval": ("eval", plan([qa, mc], tokenizer=tok, eval_workers=2)),
             "chat_infer": ("infer", plan([*chat, qa, mc], tokenizer=tok)),
             "chat_eval": ("eval", plan([*chat, qa, mc], tokenizer=tok)),
-            "subset_eval": ("eval", plan([*cg.select_suite("chat", "gpqa,ifeval")], tokenizer=tok)),
-            "rule_only_eval": ("eval", plan([*cg.select_suite("chat", "ifeval,code"), mc], judge=False, tokenizer=tok)),
+            "subset_eval": ("eval", plan([*suites.select_suite("chat", "gpqa,ifeval")], tokenizer=tok)),
+            "rule_only_eval": ("eval", plan([*suites.select_suite("chat", "ifeval,code"), mc], judge=False, tokenizer=tok)),
             # a streamed evaluation's, or one after other datasets' inference failed: some members of a group
             "some_eval": ("eval", plan([*chat], tokenizer=tok, only=("IFEval", "mmlu_pro_math", "mmlu_pro_law"))),
         }
         configs = []
         for name, (stage, the_plan) in self.plans.items():
-            configs.append(write(root / f"{name}.py", cg.render_config(stage, the_plan)))
+            configs.append(write(root / f"{name}.py", configgen.render_config(stage, the_plan)))
         self.cases = draw_round_trip_cases()
-        trips = [write(root / f"trip_{i}.py", cg.render_config("eval", round_trip_plan(case)))
+        trips = [write(root / f"trip_{i}.py", configgen.render_config("eval", round_trip_plan(case)))
                  for i, case in enumerate(self.cases)]
         self.braces = ["{{ fileDirname }}", "{{$HOME:/x}}", "a{{ fileBasename }}b", "{{_base_.x}}"]
-        literal = "".join(f"value_{i} = {cg.py_str(v)}\n" for i, v in enumerate(self.braces))
+        literal = "".join(f"value_{i} = {pyliteral.py_str(v)}\n" for i, v in enumerate(self.braces))
         values = [write(root / "values_plain.py", literal),
                   write(root / "values_lazy.py", "from opencompass.models import OpenAISDK\n" + literal)]
         pool = ThreadPoolExecutor(3)
@@ -450,7 +454,7 @@ def loaded(tmp_path_factory) -> Loaded:
     return Loaded(tmp_path_factory.mktemp("configgen"))
 
 
-def model_expectations(the_plan: cg.ConfigPlan) -> dict:
+def model_expectations(the_plan: configplan.ConfigPlan) -> dict:
     target = the_plan.target
     return dict(abbr=the_plan.model_abbr, path=target.served_name, key=target.api_key.get_secret_value(),
                 openai_api_base=target.api_base, tokenizer_path=target.tokenizer_path, temperature=0.6,
@@ -458,11 +462,11 @@ def model_expectations(the_plan: cg.ConfigPlan) -> dict:
                 run_cfg={"num_gpus": 0})
 
 
-def judge_expectations(the_plan: cg.ConfigPlan) -> dict:
+def judge_expectations(the_plan: configplan.ConfigPlan) -> dict:
     judge = the_plan.judge
     return dict(path=judge.served_name, key=judge.api_key.get_secret_value(), openai_api_base=judge.api_base,
                 tokenizer_path=judge.tokenizer_path, temperature=0.001, max_out_len=8192, max_seq_len=65536,
-                mode="mid", max_workers=cg.judge_threads(the_plan), run_cfg={"num_gpus": 0})
+                mode="mid", max_workers=configgen.judge_threads(the_plan), run_cfg={"num_gpus": 0})
 
 
 def subset(actual: dict, expected: dict) -> dict:
@@ -473,7 +477,7 @@ def subset(actual: dict, expected: dict) -> dict:
 def test_chat_infer_config(loaded):
     report = loaded.scenario("chat_infer")
     the_plan = loaded.plans["chat_infer"][1]
-    abbrs = cg.dataset_abbrs(the_plan.datasets)
+    abbrs = suites.dataset_abbrs(the_plan.datasets)
     for stage in ("loaded", "dumped", "task"):
         seen = report[stage]
         assert [d["abbr"] for d in seen["datasets"]] == abbrs, stage
@@ -503,7 +507,7 @@ def test_chat_eval_config_wires_the_judge_into_judged_datasets_only(loaded):
     for stage in ("loaded", "dumped", "task"):
         datasets = report[stage]["datasets"]
         if stage != "task":
-            assert [d["abbr"] for d in datasets] == cg.dataset_abbrs(the_plan.datasets)
+            assert [d["abbr"] for d in datasets] == suites.dataset_abbrs(the_plan.datasets)
             found = {family for family in families for d in datasets if d["abbr"].startswith(family)}
             assert found == set(families), stage
         for d in datasets:
@@ -519,14 +523,14 @@ def test_chat_eval_config_wires_the_judge_into_judged_datasets_only(loaded):
                 assert d["judge"] is None and d["rule_evaluator"].endswith("AccEvaluator")
         assert subset(report[stage]["models"][0], model_expectations(the_plan)) == model_expectations(the_plan)
     assert report["task_class"].endswith(".OpenICLEvalTask")
-    assert report["tasks"] == [[abbr] for abbr in cg.dataset_abbrs(the_plan.datasets)]  # one task per dataset
+    assert report["tasks"] == [[abbr] for abbr in suites.dataset_abbrs(the_plan.datasets)]  # one task per dataset
     assert set(report["task_num_gpus"]) == {0}
     summarizer = report["dumped"]["summarizer"]
     assert summarizer["dataset_abbrs"][0] == ["core_average", "naive_average"]
     assert ["my_qa", "accuracy"] in summarizer["dataset_abbrs"]
     assert {group["name"] for group in summarizer["summary_groups"]} == {"mmlu_pro", "core_average"}
     mmlu = next(group for group in summarizer["summary_groups"] if group["name"] == "mmlu_pro")
-    assert mmlu["subsets"] == list(cg.SUITES["chat"][4].abbrs)
+    assert mmlu["subsets"] == list(suites.SUITES["chat"][4].abbrs)
     assert report["dumped"]["eval"]["runner"]["max_num_workers"] == 4
 
 
@@ -561,7 +565,7 @@ def test_user_datasets_load_and_prompt_through_custom_dataset(loaded):
     assert [p["prompt"] for p in qa["prompt"] if "prompt" in p] == ["What is 2+2?"]
     assert qa["evaluator"].endswith("GenericLLMEvaluator")
     judge_prompt = [p["prompt"] for p in qa["judge_prompt"] if "prompt" in p]
-    assert judge_prompt[0] == cg.JUDGE_SYSTEM_PROMPT
+    assert judge_prompt[0] == prompts.JUDGE_SYSTEM_PROMPT
     for marker in ("<Original Question Begin>: \nWhat is 2+2?\n<Original Question End>",
                    "<Gold Target Begin>: \n4\n<Gold Target End>",
                    "<Predicted Answer Begin>: \nPREDICTED\n<Predicted End>"):
@@ -582,7 +586,7 @@ def test_user_datasets_load_and_prompt_through_custom_dataset(loaded):
 
 @pytest.mark.opencompass
 def test_grader_template_is_opencompass_wording(loaded):
-    assert loaded.scenarios.result()["grader_template"] == cg.GRADER_TEMPLATE
+    assert loaded.scenarios.result()["grader_template"] == prompts.GRADER_TEMPLATE
 
 
 @pytest.mark.opencompass

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lmeval import configgen, datafiles
+from lmeval import datafiles, suites
 from lmeval.exceptions import UsageError
 
-SUITE = {item.name: item for item in configgen.CHAT_SUITE}
+SUITE = {item.name: item for item in suites.CHAT_SUITE}
 
 
 @pytest.fixture
@@ -104,4 +104,4 @@ def test_a_dry_run_only_says_what_a_run_would_refuse(tmp_path):
 def test_a_users_own_file_is_not_looked_up_here(tmp_path):
     data = tmp_path / "mine.jsonl"
     data.write_text('{"question": "q", "answer": "a"}\n')
-    datafiles.ensure_data(list(configgen.resolve_datasets(None, None, [data])), pytest.fail, env={})
+    datafiles.ensure_data(list(suites.resolve_datasets(None, None, [data])), pytest.fail, env={})

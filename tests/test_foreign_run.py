@@ -12,7 +12,7 @@ import pytest
 from scenarios import make_scenario
 from toolkit import MODELS, STANDIN, TOOLS, VENVS, health, lmeval_env, read_json, shown_scores, tree_digest, wait_until
 
-from lmeval import configgen
+from lmeval import configgen, configplan
 from lmeval.datasets import load_user_dataset
 from lmeval.launch import free_port
 from pydantic import SecretStr
@@ -43,10 +43,10 @@ def users_server(tmp_path):
 def inferred_by_hand(tmp_path, scenario, port):
     """What a user gets from `opencompass CONFIG -m infer -w WORK -r RUN` with a config of their own."""
     datasets = tuple(load_user_dataset(path) for path in (scenario.qa, scenario.mc))
-    served = configgen.ServedModel(base_url=f"http://127.0.0.1:{port}", api_key=SecretStr("sk-by-hand"),
-                                   served_name="demo-chat", tokenizer_path=str(MODELS / "demo-chat"), in_flight=4)
-    text = configgen.render_config("infer", configgen.ConfigPlan(datasets=datasets, model_abbr="demo-chat",
-                                                                 target=served))
+    served = configplan.ServedModel(base_url=f"http://127.0.0.1:{port}", api_key=SecretStr("sk-by-hand"),
+                                    served_name="demo-chat", tokenizer_path=str(MODELS / "demo-chat"), in_flight=4)
+    text = configgen.render_config("infer", configplan.ConfigPlan(datasets=datasets, model_abbr="demo-chat",
+                                                                  target=served))
     # OpenCompass's own model class and runner, as anybody's config has them.
     plugin = "from lmeval_opencompass import LmevalLocalRunner, LmevalOpenAISDK\n"
     assert plugin in text

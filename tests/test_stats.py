@@ -63,12 +63,12 @@ def test_a_runs_scores_get_the_standard_error_of_each_mean_over_questions(tmp_pa
 
 def test_groups_of_the_chat_suite_add_their_members_errors(tmp_path):
     """mmlu_pro averages its 14 categories, core_average the suite's six core rows."""
-    from lmeval import configgen
+    from lmeval import suites
 
     run_dir = tmp_path / RUN
-    suite = {item.name: item for item in configgen.CHAT_SUITE}
+    suite = {item.name: item for item in suites.CHAT_SUITE}
     per_dataset = {}
-    for number, abbr in enumerate(abbr for item in configgen.CHAT_SUITE for abbr in item.abbrs):
+    for number, abbr in enumerate(abbr for item in suites.CHAT_SUITE for abbr in item.abbrs):
         per_dataset[abbr] = [Asked(f"{abbr} {index}", "g", tuple((index + number + run) % 3 == 0 for run in range(2)))
                              for index in range(2 + number % 3)]
         write_judged(run_dir, abbr, per_dataset[abbr])

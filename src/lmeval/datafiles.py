@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmeval import datadir
-from lmeval.configgen import DatasetRef, SuiteDataset
+from lmeval.suites import DatasetRef, SuiteDataset
 from lmeval.exceptions import UsageError
 
 OPENCOMPASS_MIRROR = ("opencompass.oss-cn-shanghai.aliyuncs.com", 80)  # DATASETS_URL's host

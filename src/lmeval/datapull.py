@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from lmeval import datadir
-from lmeval.configgen import SuiteDataset
+from lmeval.suites import SuiteDataset
 from lmeval.datadir import COMPASS, HUGGING_FACE, DataManifest, DatasetRecord
 from lmeval.exceptions import StageFailed, UsageError
 from lmeval.ocenv import opencompass_env

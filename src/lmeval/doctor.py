@@ -18,8 +18,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import configgen, datadir, datafiles, gpus, toolvenvs
-from lmeval.configgen import SuiteDataset, UserDataset
+from lmeval import configgen, configplan, datadir, datafiles, gpus, suites, toolvenvs
+from lmeval.datasets import UserDataset
+from lmeval.suites import SuiteDataset
 from lmeval.exceptions import LmevalError, UsageError
 from lmeval.launch import check_model, model_is_path, port_taken
 from lmeval.ocenv import opencompass_env, venv_python
@@ -70,11 +71,11 @@ def check_tool(tool: Tool, given: str | None) -> tuple[Check, Path | None]:
 def _probe(opencompass: Path, datasets: tuple, model: str | None) -> tuple[dict | None, str | None]:
     """Run lmeval_preflight on the infer config lmeval would write for DATASETS (with --needs)
     and MODEL's tokenizer; (what the datasets' evaluators need and lack, its failure line)."""
-    served = configgen.ServedModel(base_url="http://127.0.0.1:1", api_key=SecretStr("lmeval-doctor"),
-                                   served_name="lmeval-doctor", tokenizer_path=model or "lmeval-doctor", in_flight=1)
+    served = configplan.ServedModel(base_url="http://127.0.0.1:1", api_key=SecretStr("lmeval-doctor"),
+                                    served_name="lmeval-doctor", tokenizer_path=model or "lmeval-doctor", in_flight=1)
     with tempfile.TemporaryDirectory(prefix="lmeval-doctor-") as folder:
         config = Path(folder) / "infer_config.py"
-        config.write_text(configgen.render_config("infer", configgen.ConfigPlan(
+        config.write_text(configgen.render_config("infer", configplan.ConfigPlan(
             datasets=datasets, model_abbr="lmeval-doctor", target=served)))
         argv = [str(venv_python(opencompass)), "-m", "lmeval_preflight", str(config), "--needs"]
         if model:
@@ -134,7 +135,7 @@ def check_inputs(opencompass: Path | None, task: str | None, files: tuple[Path, 
     checks = []
     task = task or ("chat" if data_dir and not files else None)
     try:
-        datasets = configgen.resolve_datasets(task, None, files) if task or files else ()
+        datasets = suites.resolve_datasets(task, None, files) if task or files else ()
     except UsageError as error:
         return [Check("datasets", "fail", error.message)]
     model_path = None
@@ -153,7 +154,7 @@ def check_inputs(opencompass: Path | None, task: str | None, files: tuple[Path, 
         return checks + [Check("evaluators and tokenizer", "warn", "not checked: OpenCompass is not usable (above)")]
     tokenizer = model_path if model_path and model_is_path(model_path) else None
     # The probe reads a config; with a model alone, a small one carries its tokenizer.
-    needs, failed = _probe(opencompass, datasets or configgen.select_suite("chat", "ifeval"), tokenizer)
+    needs, failed = _probe(opencompass, datasets or suites.select_suite("chat", "ifeval"), tokenizer)
     if datasets and needs is None:
         checks.append(Check("evaluators", "fail", f"not checked: {failed}"))
     for need, problem in (needs or {}).items() if datasets else ():

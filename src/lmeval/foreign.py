@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmeval import configgen
+from lmeval import configplan, suites
 from lmeval.exceptions import UsageError
 
 CUSTOM_DATASET = "opencompass.datasets.CustomDataset"
@@ -63,7 +63,7 @@ class ForeignRun:
     task: str | None
     datasets: str | None  # the suite's datasets, as --datasets names them
     files: list[str]  # --dataset files
-    generation: configgen.Generation
+    generation: configplan.Generation
 
 
 def _predicted(run_dir: Path) -> dict[str, set[str]]:
@@ -102,7 +102,7 @@ def read_run(run_dir: Path) -> ForeignRun:
     task, suite_names, files = _datasets(run_dir, path, config["datasets"], names)
     overrides = {key: model[key] for key in ("temperature", "max_out_len", "max_seq_len")
                  if isinstance(model.get(key), (int, float)) and not isinstance(model.get(key), bool)}
-    generation = configgen.Generation(**{**configgen.TARGET_GENERATION.model_dump(), **overrides})
+    generation = configplan.Generation(**{**configplan.TARGET_GENERATION.model_dump(), **overrides})
     return ForeignRun(path, model_abbr, str(model.get("tokenizer_path") or model.get("path") or model_abbr),
                       task, suite_names, files, generation)
 
@@ -121,7 +121,7 @@ def _datasets(run_dir: Path, path: Path, datasets: list, predicted: set[str]) ->
             files.append(str(file))
             left.discard(dataset["abbr"])
     suite, picked = None, []
-    for name, items in configgen.SUITES.items():
+    for name, items in suites.SUITES.items():
         whole = [item for item in items if set(item.abbrs) <= left]
         if whole:
             suite, picked = name, whole
@@ -131,6 +131,6 @@ def _datasets(run_dir: Path, path: Path, datasets: list, predicted: set[str]) ->
         raise UsageError(f"{run_dir} has predictions of {', '.join(sorted(left))}, which lmeval knows neither as a "
                          f"suite dataset (lmeval tasks) nor as a .jsonl file of CustomDataset (read from {path})")
     names = None
-    if suite is not None and len(picked) < len(configgen.SUITES[suite]):
+    if suite is not None and len(picked) < len(suites.SUITES[suite]):
         names = ",".join(item.name for item in picked)
     return suite, names, files

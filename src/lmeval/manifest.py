@@ -79,7 +79,7 @@ class Manifest(BaseModel):
     # judge_invalid (replies that were neither correct nor incorrect).
     scores: list[dict[str, Any]] = []
     # Each judged summary row and the datasets whose judge replies are behind it
-    # (configgen.judged_rows), so `lmeval results` counts them as the run did.
+    # (suites.judged_rows), so `lmeval results` counts them as the run did.
     judge_rows: dict[str, list[str]] = {}
 
     def stage(self, name: str) -> StageRecord:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import __version__, configgen, datafiles, defaults, foreign, outputs, slurm
+from lmeval import __version__, configplan, datafiles, defaults, foreign, outputs, slurm, suites
+from lmeval.datasets import UserDataset
 from lmeval.exceptions import UsageError
 from lmeval.fleet import ServerSet, plan_server_set
 from lmeval.launch import REDACTED, check_model, parse_server_args, served_name, server_arg_value
@@ -41,12 +42,12 @@ class EvalPlan:
     manifest: Manifest
     opencompass: Path
     lmdeploy: Path | None
-    datasets: tuple[configgen.DatasetRef, ...]
+    datasets: tuple[suites.DatasetRef, ...]
     model_abbr: str
-    generation: configgen.Generation
-    target: configgen.ServedModel
+    generation: configplan.Generation
+    target: configplan.ServedModel
     target_set: ServerSet | None  # None: a server the user runs, or none needed
-    judge: configgen.ServedModel | None
+    judge: configplan.ServedModel | None
     judge_set: ServerSet | None
     ready_timeout: float
     grace: float
@@ -62,7 +63,7 @@ class EvalPlan:
 
     @property
     def abbrs(self) -> list[str]:
-        return configgen.dataset_abbrs(self.datasets)
+        return suites.dataset_abbrs(self.datasets)
 
     @property
     def gpus_overlap(self) -> bool:
@@ -70,13 +71,13 @@ class EvalPlan:
             return False
         return bool(set(self.target_set.gpus) & set(self.judge_set.gpus))
 
-    def config_plan(self, target: configgen.ServedModel, judge: configgen.ServedModel | None,
-                    abbrs: list[str] | None = None) -> configgen.ConfigPlan:
+    def config_plan(self, target: configplan.ServedModel, judge: configplan.ServedModel | None,
+                    abbrs: list[str] | None = None) -> configplan.ConfigPlan:
         """The configs' plan; ABBRS: of those datasets only (a streamed evaluation's, or the
         datasets inferred when others failed)."""
-        return configgen.ConfigPlan(datasets=self.datasets, model_abbr=self.model_abbr, target=target,
-                                    generation=self.generation, judge=judge,
-                                    only=None if abbrs is None else tuple(abbrs))
+        return configplan.ConfigPlan(datasets=self.datasets, model_abbr=self.model_abbr, target=target,
+                                     generation=self.generation, judge=judge,
+                                     only=None if abbrs is None else tuple(abbrs))
 
     def predictions_complete(self) -> bool:
         return not outputs.missing_predictions(self.run_dir, self.model_abbr, self.abbrs)
@@ -90,15 +91,15 @@ def in_flight(capacity: int) -> int:
     return capacity + max(1, capacity // 2)
 
 
-def served_model(server_set: ServerSet, tokenizer_path: str) -> configgen.ServedModel:
+def served_model(server_set: ServerSet, tokenizer_path: str) -> configplan.ServedModel:
     """What OpenCompass talks to: the set's front (the proxy with replicas), kept full."""
     front = server_set.front
-    return configgen.ServedModel(base_url=front.url, api_key=front.api_key,
-                                 served_name=server_set.replicas[0].served_name,
-                                 tokenizer_path=tokenizer_path, in_flight=in_flight(server_set.capacity()))
+    return configplan.ServedModel(base_url=front.url, api_key=front.api_key,
+                                  served_name=server_set.replicas[0].served_name,
+                                  tokenizer_path=tokenizer_path, in_flight=in_flight(server_set.capacity()))
 
 
-def external_server(url: str, key: SecretStr | None, option: str, tokenizer_path: str) -> configgen.ServedModel:
+def external_server(url: str, key: SecretStr | None, option: str, tokenizer_path: str) -> configplan.ServedModel:
     """A server the user runs: check now that it answers and learn the model it serves."""
     import httpx
 
@@ -122,18 +123,18 @@ def external_server(url: str, key: SecretStr | None, option: str, tokenizer_path
         raise UsageError(f"cannot reach {option} {base} ({type(error).__name__}); check the URL and that it runs") from None
     if not models:
         raise UsageError(f"{option} {base} serves no model")
-    return configgen.ServedModel(base_url=base, api_key=key or UNUSED_KEY, served_name=models[0],
-                                 tokenizer_path=tokenizer_path, in_flight=EXTERNAL_IN_FLIGHT)
+    return configplan.ServedModel(base_url=base, api_key=key or UNUSED_KEY, served_name=models[0],
+                                  tokenizer_path=tokenizer_path, in_flight=EXTERNAL_IN_FLIGHT)
 
 
-def fingerprint_inputs(model: str, model_abbr: str, datasets: tuple[configgen.DatasetRef, ...],
-                       generation: configgen.Generation, data: str | None = None) -> dict:
+def fingerprint_inputs(model: str, model_abbr: str, datasets: tuple[suites.DatasetRef, ...],
+                       generation: configplan.Generation, data: str | None = None) -> dict:
     """What the predictions depend on: the model, its name, each dataset (a file by its
     content), the generation settings and, read from a data folder, the suite's files there
     (DATA: their hash, lmeval.datadir). No secrets: it is stored in the manifest."""
     items = []
     for item in datasets:
-        if isinstance(item, configgen.SuiteDataset):
+        if isinstance(item, suites.SuiteDataset):
             items.append(["suite", item.name])
         else:
             items.append(["file", item.name, item.kind, hashlib.sha256(Path(item.path).read_bytes()).hexdigest()])
@@ -175,13 +176,13 @@ def describe_change(old: dict, new: dict) -> str:
     return "; ".join(parts) or "with other settings"
 
 
-def _generation(options: EvalOptions) -> configgen.Generation:
+def _generation(options: EvalOptions) -> configplan.Generation:
     settings = ("temperature", "max_out_len", "max_seq_len", "top_p", "top_k", "repetition_penalty")
     overrides = {key: value for key in settings if (value := getattr(options, key)) is not None}
     if options.extra_body is not None:
         overrides["extra_body"] = _extra_body(options.extra_body, overrides)
     try:
-        return configgen.Generation(**{**configgen.TARGET_GENERATION.model_dump(), **overrides})
+        return configplan.Generation(**{**configplan.TARGET_GENERATION.model_dump(), **overrides})
     except ValueError as error:
         raise UsageError(f"bad generation setting: --{str(error.errors()[0]['loc'][0]).replace('_', '-')} "
                          f"{error.errors()[0]['msg']}") from None
@@ -207,7 +208,7 @@ def _existing_run(work_dir: Path, run_id: str) -> tuple[Path, Manifest]:
     return run_dir, Manifest.load(run_dir)
 
 
-Datasets = tuple[configgen.DatasetRef, ...]
+Datasets = tuple[suites.DatasetRef, ...]
 Copies = tuple[tuple[Path, Path], ...]  # (dataset file, its copy in the run)
 
 
@@ -219,7 +220,7 @@ def _run_copies(datasets: Datasets, inputs_dir: Path) -> tuple[Datasets, Copies]
     """
     pointed, copies = [], []
     for item in datasets:
-        if isinstance(item, configgen.SuiteDataset):
+        if isinstance(item, suites.SuiteDataset):
             pointed.append(item)
             continue
         target = inputs_dir / f"{item.name}{Path(item.path).suffix}"
@@ -247,7 +248,7 @@ class _Inputs:
     model: str
     model_abbr: str
     datasets: Datasets
-    generation: configgen.Generation
+    generation: configplan.Generation
     data_dir: Path | None = None  # the data folder the suite is read from (lmeval data pull)
     data: str | None = None  # the hash of its files for these datasets
 
@@ -286,7 +287,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
                                  placement=placement, avoid_ports=avoid_ports)
         target = served_model(target_set, inputs.model)
     judge = judge_set = None
-    if "eval" in stages and configgen.needs_judge(inputs.datasets):
+    if "eval" in stages and suites.needs_judge(inputs.datasets):
         if options.judger_server:
             judge = external_server(options.judger_server, judge_key, "--judger-server",
                                     tokenizer_path=options.judge_model)
@@ -303,8 +304,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
             judge = served_model(judge_set, check_model(options.judge_model, "--judge-model"))
 
     # Names OpenCompass would mangle are refused now, not after the models loaded.
-    configgen.check_plan(configgen.ConfigPlan(datasets=inputs.datasets, model_abbr=inputs.model_abbr,
-                                              target=target, generation=inputs.generation, judge=judge))
+    configplan.check_plan(configplan.ConfigPlan(datasets=inputs.datasets, model_abbr=inputs.model_abbr,
+                                                target=target, generation=inputs.generation, judge=judge))
     if "{{" in str(work_dir):
         raise UsageError(f"work dir {work_dir} contains '{{{{', which OpenCompass rewrites in its configs; "
                          "pick another -w")
@@ -339,7 +340,7 @@ def _needing_data(run_dir: Path, model: str, datasets: Datasets, stages: tuple[s
     to score (OpenCompass skips the ones whose outputs it finds)."""
     lacking = []
     for item in datasets:
-        names = configgen.dataset_abbrs([item])
+        names = suites.dataset_abbrs([item])
         if ("infer" in stages and outputs.missing_predictions(run_dir, model, names)) or \
                 ("eval" in stages and any(outputs.result_error(run_dir, model, name) for name in names)):
             lacking.append(item)
@@ -351,7 +352,7 @@ def _inputs_from_options(options: EvalOptions) -> _Inputs:
         raise UsageError("give the MODEL to evaluate")
     model = check_model(options.model)
     return _Inputs(model=model, model_abbr=options.name or served_name(model),
-                   datasets=configgen.resolve_datasets(options.task, options.datasets, options.dataset_files),
+                   datasets=suites.resolve_datasets(options.task, options.datasets, options.dataset_files),
                    generation=_generation(options))
 
 
@@ -365,9 +366,9 @@ def _judged_run(options: EvalOptions, work_dir: Path, notify) -> tuple[Path, Man
     recorded = manifest.inputs
     inputs = _Inputs(
         model=recorded["model"], model_abbr=manifest.model_abbr,
-        datasets=configgen.resolve_datasets(recorded.get("task"), recorded.get("datasets"), recorded.get("files", [])),
-        generation=configgen.Generation(**recorded["generation"]))
-    abbrs = configgen.dataset_abbrs(inputs.datasets)
+        datasets=suites.resolve_datasets(recorded.get("task"), recorded.get("datasets"), recorded.get("files", [])),
+        generation=configplan.Generation(**recorded["generation"]))
+    abbrs = suites.dataset_abbrs(inputs.datasets)
     missing = outputs.missing_predictions(run_dir, inputs.model_abbr, abbrs)
     if len(missing) == len(abbrs):
         raise UsageError(f"run {options.reuse} has no predictions; run inference first "
@@ -382,8 +383,8 @@ def _adopted(run_dir: Path, notify) -> Manifest:
     """A manifest for a run lmeval did not make, from what its folder shows (written by the
     stage, beside the outputs, which stay as they are)."""
     found = foreign.read_run(run_dir)
-    datasets = configgen.resolve_datasets(found.task, found.datasets, found.files)
-    names = ", ".join(configgen.dataset_abbrs(datasets))
+    datasets = suites.resolve_datasets(found.task, found.datasets, found.files)
+    names = ", ".join(suites.dataset_abbrs(datasets))
     notify(f"run {run_dir.name} was not made by lmeval: judging model {found.model_abbr} on {names}, as "
            f"{found.config.relative_to(run_dir)} and predictions/ show them")
     inputs_now = fingerprint_inputs(found.model, found.model_abbr, datasets, found.generation)
@@ -393,10 +394,10 @@ def _adopted(run_dir: Path, notify) -> Manifest:
                             "name": found.model_abbr, "generation": found.generation.model_dump()})
 
 
-def _recorded_target(manifest: Manifest, inputs: _Inputs) -> configgen.ServedModel:
+def _recorded_target(manifest: Manifest, inputs: _Inputs) -> configplan.ServedModel:
     """The judge stage sends nothing to the target; the config still names the one that inferred."""
     recorded = manifest.servers.get("target")
-    return configgen.ServedModel(
+    return configplan.ServedModel(
         base_url=recorded.url if recorded else "http://127.0.0.1:1", api_key=UNUSED_KEY,
         served_name=recorded.served_name if recorded else inputs.model_abbr, tokenizer_path=inputs.model,
         in_flight=1)
@@ -488,7 +489,7 @@ def _recorded_inputs(options: EvalOptions, inputs: _Inputs, datasets) -> dict:
     """What `lmeval judge --reuse` reads back: the run's dataset copies, never the user's files."""
     return {
         "model": inputs.model, "task": options.task, "datasets": options.datasets,
-        "files": [item.path for item in datasets if isinstance(item, configgen.UserDataset)],
+        "files": [item.path for item in datasets if isinstance(item, UserDataset)],
         "name": options.name, "generation": inputs.generation.model_dump(),
     } | ({"data_dir": str(inputs.data_dir)} if inputs.data_dir else {})
 
@@ -500,7 +501,7 @@ def _read_from_data_folder(inputs: _Inputs, options: EvalOptions, judged: Manife
     folder = options.data_dir or (Path(recorded) if recorded else None)
     if folder is None:
         return inputs
-    names = [item.name for item in inputs.datasets if isinstance(item, configgen.SuiteDataset)]
+    names = [item.name for item in inputs.datasets if isinstance(item, suites.SuiteDataset)]
     digest = datafiles.use_data_folder(folder, names, notify, options.dry_run)
     inferred_on = ((judged.fingerprint_inputs or {}).get("data") if judged else None)
     if inferred_on and inferred_on != digest:

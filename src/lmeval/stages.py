@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from lmeval import configgen, outputs
+from lmeval import configgen, outputs, suites
 from lmeval.app import Application
 from lmeval.exceptions import ServerDied, ServerFailed, StageFailed
 from lmeval.files import log_tail, write_private
@@ -30,7 +30,7 @@ from lmeval.manifest import RestartRecord, RunLock, ServerRecord
 from lmeval.ocenv import PLUGIN_DIR, venv_python
 from lmeval.ocrun import OpenCompassRun, Preflight, PreflightFailed, last_error
 from lmeval.options import EvalOptions
-from lmeval.configgen import ServedModel
+from lmeval.configplan import ServedModel
 from lmeval.plan import EvalPlan, in_flight, make_plan
 from lmeval.results import print_scores
 from lmeval.runs import move_aside
@@ -377,13 +377,13 @@ class Evaluation:
         """The scores of the newest summary, each row of a failed dataset shown as none; and why
         datasets failed (none of their rows counts), or None."""
         names, model = self.abbrs, self.plan.model_abbr
-        rows = configgen.judged_rows(self.plan.datasets)
+        rows = suites.judged_rows(self.plan.datasets)
         self.manifest.judge_rows = rows  # saved with the stage's outcome, failed or not
         failed = self.lacking_outputs("eval")
         summary = outputs.latest_summary(self.run_dir)
         scores = outputs.read_summary(summary, model) if summary else []
         scored = {score.dataset for score in scores if score.value is not None}
-        expected = {row: members for row, members in configgen.summary_rows(self.plan.datasets).items()
+        expected = {row: members for row, members in suites.summary_rows(self.plan.datasets).items()
                     if set(members) <= set(names)}
         failed.update({row: "no score in the summary" for row, members in expected.items()
                        if row not in scored and not set(members) & set(failed)})

@@ -7,7 +7,7 @@ of other rows (mmlu_pro of its categories, core_average of the suite's core metr
 sqrt(sum of their squared errors) / their count. A score that is not such a mean (checked within
 half a display digit), or one over fewer than two questions, has none.
 
-Kept light (no pydantic, no numpy) for `lmeval results`; the suites' layout (lmeval.configgen)
+Kept light (no pydantic, no numpy) for `lmeval results`; the suites' layout (lmeval.suites)
 is imported only for runs of a suite.
 """
 
@@ -73,14 +73,14 @@ class Part:
 
 
 def _suite_items(manifest: dict) -> list:
-    """The suite datasets of the run (lmeval.configgen's), in its order."""
+    """The suite datasets of the run (lmeval.suites's), in its order."""
     names = [entry[1] for entry in (manifest.get("fingerprint_inputs") or {}).get("datasets", [])
              if isinstance(entry, list) and len(entry) > 1 and entry[0] == "suite"]
     if not names:
         return []
-    from lmeval import configgen
+    from lmeval import suites
 
-    known = {item.name: item for suite in configgen.SUITES.values() for item in suite}
+    known = {item.name: item for suite in suites.SUITES.values() for item in suite}
     return [known[name] for name in names if name in known]
 
 
@@ -101,10 +101,10 @@ def averaged_rows(manifest: dict) -> dict[str, list[str]]:
     from_items = _suite_items(manifest)
     rows = {part.row: list(part.datasets) for part in run_parts(manifest) if part.is_group}
     if from_items:
-        from lmeval import configgen
+        from lmeval import suites
 
-        for suite in configgen.whole_suites(from_items):
-            rows[configgen.CORE_AVERAGE] = [item.core_metric[0] for item in suite]
+        for suite in suites.whole_suites(from_items):
+            rows[suites.CORE_AVERAGE] = [item.core_metric[0] for item in suite]
     return rows
 
 

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from lmeval import outputs
 from lmeval.app import Application
-from lmeval.configgen import ServedModel
+from lmeval.configplan import ServedModel
 from lmeval.fleet import RunningSet
 from lmeval.ocrun import OpenCompassProcess, OpenCompassRun
 from lmeval.plan import EvalPlan

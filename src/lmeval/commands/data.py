@@ -61,7 +61,7 @@ def pull_command(
     values = {"mirror": mirror, "opencompass": opencompass, "work_dir": work_dir, "data_dir": None}
 
     def run(application) -> int:
-        from lmeval import configgen, datapull
+        from lmeval import datapull, suites
         from lmeval.exceptions import UsageError
         from lmeval.ocenv import venv_python
         from lmeval.tools import OPENCOMPASS, find_executable, installed_version
@@ -73,7 +73,7 @@ def pull_command(
         executable = find_executable(OPENCOMPASS, settings["opencompass"])
         fetcher = datapull.Fetcher(venv_python(executable), installed_version(executable, "opencompass"), timeout,
                                    application.debug)
-        chosen = list(configgen.select_suite(task, datasets))
+        chosen = list(suites.select_suite(task, datasets))
         if dry_run:
             return _show_listing(application, datapull.listing(chosen, fetcher, settings["mirror"]))
         datapull.pull(chosen, folder, fetcher, settings["mirror"], tries, application.info)
@@ -115,10 +115,10 @@ def check_command(
     def run(application) -> int:
         from rich.table import Table
 
-        from lmeval import configgen, datadir
+        from lmeval import datadir, suites
 
         chosen = _chosen_dir(folder, _settings(ctx, values, config)["data_dir"])
-        names = [item.name for item in configgen.select_suite(task, datasets)]
+        names = [item.name for item in suites.select_suite(task, datasets)]
         states = datadir.verify(chosen, datadir.DataManifest.load(chosen), names)
         table = Table(title=f"data in {chosen}")
         for column in ("dataset", "status", "detail"):

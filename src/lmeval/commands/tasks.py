@@ -13,7 +13,7 @@ def command(ctx: typer.Context) -> None:
 def tasks(app) -> int:
     from rich.table import Table
 
-    from lmeval.configgen import task_rows
+    from lmeval.suites import task_rows
 
     table = Table(title="Task suites (--task SUITE, --datasets NAME,...)")
     for column in ("suite", "dataset", "scored by", "judge"):
