@@ -77,14 +77,19 @@ def test_a_target_that_dies_is_restarted_and_inference_resumes(scenario, tmp_pat
 
 
 @pytest.mark.usefixtures("venvs")
-def test_a_target_that_hangs_is_restarted_and_inference_resumes(scenario, tmp_path, lmeval_runner):
-    """The stand-in's engine hangs after CRASH_AFTER answers (requests accepted, never answered;
-    /health 503 a second later, as LMDeploy's after 90 s): found by its health within
-    --stall-timeout, stopped, started again, and the run ends with the exact scores."""
+@pytest.mark.parametrize("unhealthy_after, sign", [
+    ("1", "its /health failed"),  # /health 503 a second after the hang, as LMDeploy's after 90 s
+    ("999", "its metrics show requests running and no token generated"),  # /health still 200
+], ids=["health", "metrics"])
+def test_a_target_that_hangs_is_restarted_and_inference_resumes(scenario, tmp_path, lmeval_runner, unhealthy_after,
+                                                                 sign):
+    """The stand-in's engine hangs after CRASH_AFTER answers (requests accepted, never answered,
+    its token count frozen): found within --stall-timeout by its health or by its metrics,
+    stopped, started again, and the run ends with the exact scores."""
     work_dir, requests = tmp_path / "out", tmp_path / "requests.jsonl"
     env = lmeval_runner.env(STANDIN_ANSWER_KEY=str(scenario[2]), STANDIN_REQUEST_LOG=str(requests),
                             STANDIN_HANG_AFTER_REQUESTS_OF=json.dumps({"demo-chat": CRASH_AFTER}),
-                            STANDIN_HANG_ONCE=str(tmp_path / "hung"), STANDIN_HANG_UNHEALTHY_AFTER="1",
+                            STANDIN_HANG_ONCE=str(tmp_path / "hung"), STANDIN_HANG_UNHEALTHY_AFTER=unhealthy_after,
                             STANDIN_LATENCY_SECONDS="0.1")
     result = lmeval_runner.run("run", *target_args(scenario, work_dir, "--restarts", "1", "--stall-timeout", "2"),
                                *judge_args(), env=env, work_dir=work_dir, timeout=SECONDS)
@@ -92,7 +97,7 @@ def test_a_target_that_hangs_is_restarted_and_inference_resumes(scenario, tmp_pa
     assert shown_scores(result.stdout) == scenario[3]
     assert (tmp_path / "hung").exists()
     [warning] = [line for line in result.stderr_lines if "restarting it" in line]
-    assert warning.startswith("lmeval: warning: target server stalled (its /health failed for ")
+    assert warning.startswith(f"lmeval: warning: target server stalled ({sign} for ")
     assert warning.endswith(" s: the engine makes no progress) during infer; restarting it (restart 1 of 1), then "
                             "resuming infer")
     assert set(asked(requests, "demo-chat")) == all_questions()

@@ -52,7 +52,7 @@ class EvalPlan:
     ready_timeout: float
     grace: float
     restarts: int  # per server lmeval started, when it dies (or stalls) during a stage
-    stall_timeout: float  # seconds a server's /health may fail on end before it counts as hung
+    stall_timeout: float  # seconds a server may look hung on end before it counts as dead (lmeval.watchdog)
     stream: bool  # judge each dataset once inferred, when the judge has GPUs of its own
     dry_run: bool
     # Dataset files to copy into the run (source, copy), done under the run's lock.

@@ -37,7 +37,7 @@ from lmeval.runs import move_aside
 from lmeval.signals import interrupt_name
 from lmeval.stats import with_stderr
 from lmeval.streaming import StreamedJudging
-from lmeval.watchdog import HealthWatch, health_probe
+from lmeval.watchdog import HealthWatch, health_probe, metrics_probe
 
 SUPERVISE_SECONDS = 0.2
 PROGRESS_SECONDS = 5.0
@@ -247,7 +247,8 @@ class Evaluation:
         last_progress = ""
         last_shown = time.monotonic()
         with httpx.Client() as client:
-            watches = {server: HealthWatch(self.plan.stall_timeout, health_probe(server.url, client))
+            watches = {server: HealthWatch(self.plan.stall_timeout, health_probe(server.url, client),
+                                           metrics_probe(server.url, client))
                        for server in watched if isinstance(server.spec, ServerSpec)}
             while oc.poll() is None:
                 failure = self.dead_server(stage, watched) or self.stalled_server(stage, watches)
@@ -266,11 +267,13 @@ class Evaluation:
         self.server_failure = self.dead_server(stage, watched)
 
     def stalled_server(self, stage: str, watches: dict[Server, HealthWatch]) -> ServerDied | None:
-        """A watched server whose /health has failed for --stall-timeout seconds: dead to the stage."""
+        """A watched server that has looked hung for --stall-timeout seconds (lmeval.watchdog):
+        dead to the stage."""
         for server, watch in watches.items():
-            seconds = watch.stalled_for()
-            if seconds is not None:
-                status = f"stalled (its /health failed for {seconds:.0f} s: the engine makes no progress)"
+            stalled = watch.stalled_for()
+            if stalled is not None:
+                seconds, sign = stalled
+                status = f"stalled ({sign} for {seconds:.0f} s: the engine makes no progress)"
                 failure = server.failure(f"{status} during {stage}")
                 failure.message += f"; {self.resume_hint(stage)}"
                 return ServerDied(failure, server, status, stalled=True)

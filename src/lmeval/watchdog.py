@@ -1,9 +1,16 @@
-"""Servers that hang: alive, port open, and no answer. LMDeploy 0.16+ answers `/health` with 503
-"unhealthy" once its scheduler has made no progress for 90 s (LMDEPLOY_HEALTH_UNHEALTHY_AFTER);
-a server whose health has failed (503, or no answer at all) for --stall-timeout seconds on end
-while a stage runs is stalled, and lmeval treats it as dead: stopped, restarted under
---restarts, the stage resumed. A long generation that keeps the engine busy keeps /health 200,
-so it is never flagged.
+"""Servers that hang: alive, port open, and no answer. Two signs, either one enough, each lasting
+--stall-timeout seconds on end while a stage runs:
+
+- `/health` fails: LMDeploy 0.16+ answers 503 "unhealthy" once its scheduler has made no progress
+  for 90 s (LMDEPLOY_HEALTH_UNHEALTHY_AFTER); no answer within PROBE_TIMEOUT counts the same;
+- its Prometheus metrics (`/metrics`, on by default) show requests running and no token
+  generated: `lmdeploy:num_requests_running` (+ `_waiting`) above 0 while
+  `lmdeploy:generation_tokens_total` stands still. A server without metrics (an older LMDeploy,
+  `--disable-metrics`) is judged by its health alone.
+
+Such a server is stalled, and lmeval treats it as dead: stopped, restarted under --restarts, the
+stage resumed. A long generation keeps /health at 200 and the token count moving, so it is never
+flagged.
 """
 
 from __future__ import annotations
@@ -11,27 +18,41 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
 PROBE_EVERY = 2.0  # seconds between two probes of one server
 PROBE_TIMEOUT = 5.0  # a /health that takes longer counts as no answer
+RUNNING = ("lmdeploy:num_requests_running", "lmdeploy:num_requests_waiting")
+GENERATED = "lmdeploy:generation_tokens_total"
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a server's metrics say now: requests running or waiting, tokens generated so far."""
+
+    requests: float
+    tokens: float
 
 
 @dataclass
 class HealthWatch:
-    """One server's /health over a stage, probed at most every PROBE_EVERY seconds."""
+    """One server over a stage, probed at most every PROBE_EVERY seconds."""
 
     stall_seconds: float
     probe: Callable[[], bool]  # True: healthy (or not reachable at all: a dead server is seen otherwise)
+    load: Callable[[], Load | None] = lambda: None  # None: no metrics
     clock: Callable[[], float] = time.monotonic
     every: float = PROBE_EVERY
     last_probe: float = -math.inf
-    unhealthy_since: float | None = field(default=None)
+    unhealthy_since: float | None = None
+    last_tokens: float | None = None
+    moving_at: float | None = None  # when tokens last moved, or the server had nothing to do
 
-    def stalled_for(self) -> float | None:
-        """For how long its health has failed, once that reaches stall_seconds; else None."""
+    def stalled_for(self) -> tuple[float, str] | None:
+        """For how long, and by which sign, the server has looked hung, once that reaches
+        stall_seconds; else None."""
         now = self.clock()
         if now - self.last_probe >= self.every:
             self.last_probe = now
@@ -39,9 +60,20 @@ class HealthWatch:
                 self.unhealthy_since = None
             elif self.unhealthy_since is None:
                 self.unhealthy_since = now
+            self.observe(self.load(), now)
         if self.unhealthy_since is not None and now - self.unhealthy_since >= self.stall_seconds:
-            return now - self.unhealthy_since
+            return now - self.unhealthy_since, "its /health failed"
+        if self.moving_at is not None and now - self.moving_at >= self.stall_seconds:
+            return now - self.moving_at, "its metrics show requests running and no token generated"
         return None
+
+    def observe(self, load: Load | None, now: float) -> None:
+        if load is None:
+            self.last_tokens = self.moving_at = None
+            return
+        if load.requests <= 0 or load.tokens != self.last_tokens or self.moving_at is None:
+            self.moving_at = now
+        self.last_tokens = load.tokens
 
 
 def health_probe(url: str, client: httpx.Client) -> Callable[[], bool]:
@@ -56,3 +88,36 @@ def health_probe(url: str, client: httpx.Client) -> Callable[[], bool]:
             return True
 
     return probe
+
+
+def metrics_probe(url: str, client: httpx.Client) -> Callable[[], Load | None]:
+    """URL's load from its Prometheus metrics; None when it serves none that say it."""
+    def load() -> Load | None:
+        try:
+            answer = client.get(f"{url}/metrics", timeout=PROBE_TIMEOUT)
+        except httpx.HTTPError:
+            return None
+        if answer.status_code != 200:
+            return None
+        return parse_load(answer.text)
+
+    return load
+
+
+def parse_load(text: str) -> Load | None:
+    """The Load in Prometheus text: each metric summed over its label sets."""
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if "{" in line:  # name{labels} value [timestamp]; a label's value may hold spaces
+            name, rest = line[:line.index("{")], line[line.rindex("}") + 1:]
+        else:  # name value [timestamp]
+            name, _, rest = line.partition(" ")
+        try:
+            sums[name] = sums.get(name, 0.0) + float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+    if GENERATED not in sums or RUNNING[0] not in sums:
+        return None
+    return Load(requests=sum(sums.get(name, 0.0) for name in RUNNING), tokens=sums[GENERATED])

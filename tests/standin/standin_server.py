@@ -123,6 +123,10 @@ Startup, as in real LMDeploy + uvicorn 0.54:
 
 HTTP API (http.server, HTTP/1.1 keep-alive):
   GET  /health               503 during warm-up, then 200 (never needs a key)
+  GET  /metrics              Prometheus text as LMDeploy 0.16+ serves it (never needs
+                             a key): lmdeploy:num_requests_running (requests received
+                             and not answered), lmdeploy:num_requests_waiting (0) and
+                             lmdeploy:generation_tokens_total (words of the replies sent)
   GET  /v1/models            model list (like the real ModelList)
   POST /v1/chat/completions  OpenAI chat, non-streaming or "stream": true (SSE)
   POST /v1/completions       OpenAI completions, "prompt" string or list
@@ -186,7 +190,7 @@ WORKER_FLAG = '--standin-worker'
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXECUTABLE = os.path.join(HERE, 'lmdeploy')
 # path prefixes the real AuthenticationMiddleware lets through (+ /standin)
-AUTH_SKIP_PREFIXES = ('/health', '/docs', '/redoc', '/nodes', '/standin')
+AUTH_SKIP_PREFIXES = ('/health', '/metrics', '/docs', '/redoc', '/nodes', '/standin')
 
 # ---------------------------------------------------------------------------
 # latency model
@@ -673,6 +677,7 @@ class Stats:
         self.capacity = capacity
         self.in_flight = 0          # received, response not yet sent
         self.generating = 0         # currently holding a slot
+        self.generated_tokens = 0   # of every reply sent (a counter: never reset)
         self.reset()
 
     def reset(self) -> None:
@@ -903,6 +908,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # -- dispatch -----------------------------------------------------------
     ROUTES = {
         '/health': {'GET'},
+        '/metrics': {'GET'},
         '/v1/models': {'GET'},
         '/v1/chat/completions': {'POST'},
         '/v1/completions': {'POST'},
@@ -939,6 +945,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self._send_json(405, {'detail': 'Method Not Allowed'}, {'Allow': ', '.join(sorted(methods))})
             if path == '/health':
                 return self._health()
+            if path == '/metrics':
+                return self._metrics()
             if path == '/v1/models':
                 return self._models()
             if path == '/standin/stats':
@@ -954,6 +962,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(e.status, error_body(e.status, e.message))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _metrics(self):
+        st = self.app.stats
+        with st.lock:
+            values = {'num_requests_running': st.in_flight, 'num_requests_waiting': 0,
+                      'generation_tokens_total': st.generated_tokens}
+        label = '{model_name="%s"}' % self.app.model_name
+        text = ''.join(f'# TYPE lmdeploy:{name} {"counter" if name.endswith("_total") else "gauge"}\n'
+                       f'lmdeploy:{name}{label} {float(value)}\n' for name, value in values.items())
+        data = text.encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'text/plain; version=0.0.4; charset=utf-8')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
 
     def _health(self):
         if self.app.stuck():
@@ -1063,6 +1087,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send_json(200, self._full_response(chat, replies, prompt_tokens, created))
             with st.lock:
                 st.answered += 1
+                st.generated_tokens += sum(count_tokens(reply) for reply in replies)
         finally:
             with st.lock:
                 st.in_flight -= 1

@@ -21,10 +21,10 @@ Opencompass = Annotated[Optional[str], typer.Option("--opencompass",
 Restarts = Annotated[int, typer.Option("--restarts", help="Times each server lmeval started is restarted (same GPUs "
                                         "and port, fresh key) when it dies during a stage; the stage resumes and "
                                         "sends only the prompts not yet answered.")]
-StallTimeout = Annotated[float, typer.Option("--stall-timeout", help="Seconds a server's /health may fail on end "
-                                             "during a stage (LMDeploy answers 503 once its engine made no progress "
-                                             "for 90 s) before it counts as hung: stopped and restarted like one that "
-                                             "died (--restarts). A long generation keeps /health 200.")]
+StallTimeout = Annotated[float, typer.Option("--stall-timeout", help="Seconds a server may look hung on end during "
+                                             "a stage (/health 503 or silent, or its metrics showing requests running "
+                                             "and no token generated) before it is stopped and restarted like one "
+                                             "that died (--restarts). A long generation is never flagged.")]
 Stream = Annotated[bool, typer.Option("--stream/--no-stream", help="When the judge has GPUs of its own: judge each "
                                       "dataset as soon as its predictions are complete, while the others are "
                                       "inferred.")]
