@@ -92,3 +92,69 @@ def test_a_venv_without_what_ifeval_needs_fails_before_the_model_has_loaded(lmev
         f"makes OpenCompass's venv with it (found before any stage ran; see {run_dir}/lmeval/preflight.log); fix "
         "OpenCompass's venv (`lmeval setup`) or the inputs, then rerun"), lm.transcript()
     assert lmeval_runner.leftovers() == []
+
+
+# OpenCompass's eval task hangs as a task forked while another thread held a lock did (no CPU, no
+# output, nothing asked of any server): a sitecustomize on its PYTHONPATH makes the task's run()
+# sleep, the first time only when HANG_ONCE names a file to create, else every time.
+HANG_HOOK = '''
+import importlib.abc, importlib.util, os, sys, time
+
+class HangEvalTask(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "opencompass.tasks.openicl_eval":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            run = module.OpenICLEvalTask.run
+
+            def hung(task, *args, **kwargs):
+                once = os.environ.get("HANG_ONCE")
+                if once:
+                    try:
+                        open(once, "x").close()
+                    except FileExistsError:
+                        return run(task, *args, **kwargs)
+                time.sleep(3600)
+
+            module.OpenICLEvalTask.run = hung
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, HangEvalTask())
+'''
+
+
+@pytest.mark.parametrize("once", [True, False], ids=["once", "always"])
+def test_an_opencompass_task_that_hangs_is_stopped_and_the_stage_started_again_once(lmeval_runner, tmp_path, once):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANG_HOOK)
+    scenario = make_chain_scenario(tmp_path / "data")
+    work_dir = tmp_path / "out"
+    env = {"PYTHONPATH": str(hook), "STANDIN_ANSWER_KEY": str(scenario.key)}
+    if once:
+        env["HANG_ONCE"] = str(tmp_path / "hung")
+    lm = lmeval_runner.run("run", str(MODELS / "demo-chat"), "--dataset", str(scenario.mc), "--gpus", "0",
+                           "-w", str(work_dir), "--stall-timeout", "3", "--lmdeploy", str(STANDIN), "--opencompass",
+                           str(OPENCOMPASS), env=lmeval_runner.env(**env), work_dir=work_dir, timeout=600)
+    run_dir = only_run(work_dir)
+    log = run_dir / "lmeval" / "opencompass_eval.log"
+    [warning] = [line for line in lm.stderr_lines if "made no progress" in line and "warning" in line]
+    assert warning.startswith("lmeval: warning: OpenCompass made no progress for ")
+    assert warning.endswith(f" s during eval: its processes used no CPU, no answer or result came and no server had "
+                            f"a request; see {log}; stopped it, and eval starts again once from what it saved")
+    if once:
+        assert lm.poll() == 0, lm.transcript()
+        assert read_json(run_dir / "lmeval.json")["stages"]["eval"]["status"] == "ok"
+    else:
+        assert lm.poll() == 1, lm.transcript()
+        assert lm.stderr_lines[-1].startswith("lmeval: error: OpenCompass made no progress for ")
+        assert lm.stderr_lines[-1].endswith(f"; see {log}; rerun `lmeval judge --reuse {run_dir.name} -w {work_dir}` "
+                                            "to resume")
+    assert lmeval_runner.leftovers() == []

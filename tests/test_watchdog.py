@@ -4,7 +4,7 @@ no server."""
 
 from __future__ import annotations
 
-from lmeval.watchdog import HealthWatch, Load, parse_load
+from lmeval.watchdog import HealthWatch, Load, OpenCompassWatch, parse_load
 
 HEALTH = "its /health failed"
 METRICS = "its metrics show requests running and no token generated"
@@ -92,3 +92,35 @@ process_cpu_seconds_total 12.5
 """
     assert parse_load(text) == Load(requests=6.0, tokens=123456.0)
     assert parse_load("process_cpu_seconds_total 12.5\n") is None  # metrics, but not LMDeploy's
+
+
+def oc_watch(cpu: list[float], progress: list[int], idle: list[bool | None], stall: float = 10.0):
+    clock = Clock()
+    watch = OpenCompassWatch(stall, lambda: cpu.pop(0), lambda: progress.pop(0), lambda: idle.pop(0), clock=clock,
+                             every=2.0)
+    return watch, clock
+
+
+def hung(watch, clock, moments) -> list:
+    seen = []
+    for moment in moments:
+        clock.now = float(moment)
+        seen.append(watch.hung_for())
+    return seen
+
+
+def test_opencompass_with_no_cpu_no_progress_and_idle_servers_hangs():
+    watch, clock = oc_watch([5.0, 5.01] + [5.02] * 9, [3] * 11, [True] * 11)
+    assert hung(watch, clock, range(0, 22, 2)) == [None] * 6 + [10.0, 12.0, 14.0, 16.0, 18.0]  # quiet from 2 s
+
+
+def test_opencompass_working_or_waiting_on_a_server_never_hangs():
+    cpu_moving = [float(step) for step in range(11)]
+    watch, clock = oc_watch(cpu_moving, [3] * 11, [True] * 11)
+    assert hung(watch, clock, range(0, 22, 2)) == [None] * 11
+    answers_coming = list(range(11))
+    watch, clock = oc_watch([5.0] * 11, answers_coming, [True] * 11)
+    assert hung(watch, clock, range(0, 22, 2)) == [None] * 11
+    for load in (False, None):  # a server working on its requests (a long generation), or no metrics
+        watch, clock = oc_watch([5.0] * 11, [3] * 11, [load] * 11)
+        assert hung(watch, clock, range(0, 22, 2)) == [None] * 11

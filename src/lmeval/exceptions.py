@@ -35,6 +35,10 @@ class StageFailed(LmevalError):
     exit_code = EXIT_STAGE_FAILED
 
 
+class OpenCompassHung(StageFailed):
+    """OpenCompass made no progress for --stall-timeout with nothing to wait for (lmeval.watchdog)."""
+
+
 class ServerFailed(StageFailed):
     """A server exited, never became ready, or is not ours."""
 

@@ -17,7 +17,7 @@ import psutil
 from lmeval.exceptions import StageFailed
 from lmeval.files import log_tail
 from lmeval.forkserver import ForkedChild, ForkServer
-from lmeval.processes import live_process, owner_token, prepare_child, Stopped, tagged_env, terminate
+from lmeval.processes import live_process, owner_token, prepare_child, process_tree, Stopped, tagged_env, terminate
 from lmeval.ocenv import opencompass_env, venv_python
 
 STOP_GRACE_SECONDS = 5.0
@@ -107,6 +107,21 @@ class OpenCompassProcess:
                 return None
             return code
         return self.popen.poll() if self.popen else None
+
+    def cpu_seconds(self) -> float:
+        """CPU time its processes (it and its tasks) have used so far."""
+        if self.forked is not None:
+            leader = self.forked.process()
+        else:
+            leader = live_process(self.popen.pid, self.created) if self.popen else None
+        total = 0.0
+        for process in process_tree(leader) if leader else []:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
 
     def stop(self) -> Stopped:
         """End it and its task processes (found by tag even after it exited; a forked one's

@@ -46,6 +46,19 @@ def progress(run_dir: Path, model: str, dataset: str) -> tuple[int, int | None]:
         return 0, None
 
 
+def progress_mark(run_dir: Path, model: str) -> int:
+    """A count that grows with every answer saved and every file written for MODEL in the run
+    (OpenCompass's inference counts, predictions, results)."""
+    answered = 0
+    for path in (run_dir / "infer_status" / model).glob("*.json"):
+        try:
+            answered += int(json.loads(path.read_text()).get("completed") or 0)
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    written = sum(1 for folder in ("predictions", "results") for _ in (run_dir / folder / model).glob("*.json"))
+    return answered + written
+
+
 def missing_predictions(run_dir: Path, model: str, datasets: list[str]) -> list[str]:
     """Those of DATASETS whose inference is not complete (predictions_complete)."""
     return [name for name in datasets if not predictions_complete(predictions_file(run_dir, model, name))]

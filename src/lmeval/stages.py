@@ -21,7 +21,7 @@ import httpx
 
 from lmeval import configgen, outputs, suites
 from lmeval.app import Application
-from lmeval.exceptions import ServerDied, ServerFailed, StageFailed
+from lmeval.exceptions import OpenCompassHung, ServerDied, ServerFailed, StageFailed
 from lmeval.files import log_tail, write_private
 from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
 from lmeval.forkserver import ForkServer
@@ -37,7 +37,7 @@ from lmeval.runs import move_aside
 from lmeval.signals import interrupt_name
 from lmeval.stats import with_stderr
 from lmeval.streaming import StreamedJudging
-from lmeval.watchdog import HealthWatch, health_probe, metrics_probe
+from lmeval.watchdog import HealthWatch, OpenCompassWatch, health_probe, metrics_probe, servers_idle
 
 SUPERVISE_SECONDS = 0.2
 PROGRESS_SECONDS = 5.0
@@ -113,6 +113,7 @@ class Evaluation:
         self.preflight: Preflight | None = None  # set when the stages start
         self.opencompass_codes: dict[str, int | None] = {}  # stage -> how OpenCompass exited
         self.restarted: dict[str, int] = {}  # role -> restarts so far
+        self.hung_resumed: set[str] = set()  # stages OpenCompass hung in once, and started again
         # The datasets the eval stage scores: those inferred, when the inference of others failed.
         self.scope: list[str] | None = None
 
@@ -183,6 +184,13 @@ class Evaluation:
                 died = self.server_failure if self.lacking_outputs(stage) else None
             except ServerDied as error:
                 died = error
+            except OpenCompassHung as error:
+                if stage in self.hung_resumed:
+                    error.message += f"; {self.resume_hint(stage)}"
+                    raise
+                self.hung_resumed.add(stage)
+                self.app.warn(f"{error.message}; stopped it, and {stage} starts again once from what it saved")
+                continue
             if died is None:
                 return served
             served = self.recover(group, stage, running, died, served)
@@ -250,10 +258,17 @@ class Evaluation:
             watches = {server: HealthWatch(self.plan.stall_timeout, health_probe(server.url, client),
                                            metrics_probe(server.url, client))
                        for server in watched if isinstance(server.spec, ServerSpec)}
+            stuck = OpenCompassWatch(self.plan.stall_timeout, oc.cpu_seconds,
+                                     lambda: outputs.progress_mark(self.run_dir, self.plan.model_abbr),
+                                     lambda: servers_idle(list(watches.values())))
             while oc.poll() is None:
                 failure = self.dead_server(stage, watched) or self.stalled_server(stage, watches)
                 if failure:
                     raise failure
+                if (seconds := stuck.hung_for()) is not None:
+                    raise OpenCompassHung(
+                        f"OpenCompass made no progress for {seconds:.0f} s during {stage}: its processes used no CPU, "
+                        f"no answer or result came and no server had a request; see {oc.log_path}")
                 self.app.checkpoint()
                 meanwhile(oc)
                 if stage == "infer" and time.monotonic() - last_shown >= PROGRESS_SECONDS:

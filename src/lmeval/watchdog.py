@@ -1,4 +1,5 @@
-"""Servers that hang: alive, port open, and no answer. Two signs, either one enough, each lasting
+"""Servers that hang, and OpenCompass when it does (OpenCompassWatch, at the end). A server that
+hangs is alive, its port open, and answers nothing. Two signs, either one enough, each lasting
 --stall-timeout seconds on end while a stage runs:
 
 - `/health` fails: LMDeploy 0.16+ answers 503 "unhealthy" once its scheduler has made no progress
@@ -49,6 +50,7 @@ class HealthWatch:
     unhealthy_since: float | None = None
     last_tokens: float | None = None
     moving_at: float | None = None  # when tokens last moved, or the server had nothing to do
+    last_load: Load | None = None  # what its metrics said at the last probe
 
     def stalled_for(self) -> tuple[float, str] | None:
         """For how long, and by which sign, the server has looked hung, once that reaches
@@ -68,6 +70,7 @@ class HealthWatch:
         return None
 
     def observe(self, load: Load | None, now: float) -> None:
+        self.last_load = load
         if load is None:
             self.last_tokens = self.moving_at = None
             return
@@ -121,3 +124,46 @@ def parse_load(text: str) -> Load | None:
     if GENERATED not in sums or RUNNING[0] not in sums:
         return None
     return Load(requests=sum(sums.get(name, 0.0) for name in RUNNING), tokens=sums[GENERATED])
+
+
+CPU_QUIET = 0.05  # CPU seconds between two probes under which OpenCompass's processes count as idle
+
+
+@dataclass
+class OpenCompassWatch:
+    """OpenCompass stuck (a task that never starts, a lock never released): for stall_seconds on
+    end its processes used no CPU, no answer or result came, and every server it uses said, by
+    its metrics, that it had no request. Where a server's load is unknown (no metrics) nothing is
+    flagged: from OpenCompass's side a long generation looks the same."""
+
+    stall_seconds: float
+    cpu: Callable[[], float]  # CPU seconds of its processes so far
+    progress: Callable[[], int]  # a count that grows with every answer and result written
+    servers_idle: Callable[[], bool | None]  # None: not known
+    clock: Callable[[], float] = time.monotonic
+    every: float = PROBE_EVERY
+    last_probe: float = -math.inf
+    last: tuple[float, int] | None = None
+    quiet_since: float | None = None
+
+    def hung_for(self) -> float | None:
+        now = self.clock()
+        if now - self.last_probe >= self.every:
+            self.last_probe = now
+            cpu, done = self.cpu(), self.progress()
+            quiet = (self.last is not None and abs(cpu - self.last[0]) < CPU_QUIET and done == self.last[1]
+                     and self.servers_idle() is True)
+            self.quiet_since = (self.quiet_since or now) if quiet else None
+            self.last = (cpu, done)
+        if self.quiet_since is not None and now - self.quiet_since >= self.stall_seconds:
+            return now - self.quiet_since
+        return None
+
+
+def servers_idle(watches: list[HealthWatch]) -> bool | None:
+    """Whether every watched server had no request at its last probe; None when one's load is not
+    known (no metrics, or not probed yet). No server at all: idle."""
+    loads = [watch.last_load for watch in watches]
+    if any(load is None for load in loads):
+        return None
+    return all(load.requests <= 0 for load in loads)
