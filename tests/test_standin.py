@@ -28,6 +28,8 @@ sys.path.insert(0, str(STANDIN_DIR))
 import standin_server as ss  # noqa: E402
 from toolkit import alive, wait_until  # noqa: E402
 
+from lmeval.watchdog import Load, parse_load  # noqa: E402
+
 from lmeval.launch import free_port  # noqa: E402
 from lmeval.readiness import port_open  # noqa: E402
 
@@ -268,6 +270,10 @@ def test_api_keys(launch):
     assert httpx.get(s.url + '/health').status_code == 200            # no key needed
     assert httpx.get(s.url + '/standin/stats').status_code == 200     # no key needed
     assert s.stats()['answered'] == 1
+    assert httpx.get(s.url + '/metrics').status_code == 401           # LMDeploy 0.18 guards its metrics
+    metrics = httpx.get(s.url + '/metrics', headers={'Authorization': 'Bearer k1'})
+    assert metrics.status_code == 200
+    assert parse_load(metrics.text) == Load(requests=0.0, tokens=3.0)  # "I don't know." is 3 words
 
 
 def test_models_answers_completions_stream(launch, tmp_path):

@@ -256,7 +256,7 @@ class Evaluation:
         last_shown = time.monotonic()
         with httpx.Client() as client:
             watches = {server: HealthWatch(self.plan.stall_timeout, health_probe(server.url, client),
-                                           metrics_probe(server.url, client))
+                                           metrics_probe(server.url, client, server.spec.api_key.get_secret_value()))
                        for server in watched if isinstance(server.spec, ServerSpec)}
             stuck = OpenCompassWatch(self.plan.stall_timeout, oc.cpu_seconds,
                                      lambda: outputs.progress_mark(self.run_dir, self.plan.model_abbr),

@@ -93,11 +93,14 @@ def health_probe(url: str, client: httpx.Client) -> Callable[[], bool]:
     return probe
 
 
-def metrics_probe(url: str, client: httpx.Client) -> Callable[[], Load | None]:
-    """URL's load from its Prometheus metrics; None when it serves none that say it."""
+def metrics_probe(url: str, client: httpx.Client, key: str) -> Callable[[], Load | None]:
+    """URL's load from its Prometheus metrics (LMDeploy's key guards them as its API); None when
+    it serves none that say it."""
+    headers = {"Authorization": f"Bearer {key}"}
+
     def load() -> Load | None:
         try:
-            answer = client.get(f"{url}/metrics", timeout=PROBE_TIMEOUT)
+            answer = client.get(f"{url}/metrics", headers=headers, timeout=PROBE_TIMEOUT)
         except httpx.HTTPError:
             return None
         if answer.status_code != 200:

@@ -123,10 +123,11 @@ Startup, as in real LMDeploy + uvicorn 0.54:
 
 HTTP API (http.server, HTTP/1.1 keep-alive):
   GET  /health               503 during warm-up, then 200 (never needs a key)
-  GET  /metrics              Prometheus text as LMDeploy 0.16+ serves it (never needs
-                             a key): lmdeploy:num_requests_running (requests received
-                             and not answered), lmdeploy:num_requests_waiting (0) and
-                             lmdeploy:generation_tokens_total (words of the replies sent)
+  GET  /metrics              Prometheus text as LMDeploy 0.16+ serves it (with
+                             --api-keys only with a key, as LMDeploy 0.18's):
+                             lmdeploy:num_requests_running (requests received and
+                             not answered), lmdeploy:num_requests_waiting (0) and
+                             lmdeploy:generation_tokens_total (words of replies sent)
   GET  /v1/models            model list (like the real ModelList)
   POST /v1/chat/completions  OpenAI chat, non-streaming or "stream": true (SSE)
   POST /v1/completions       OpenAI completions, "prompt" string or list
@@ -190,7 +191,7 @@ WORKER_FLAG = '--standin-worker'
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXECUTABLE = os.path.join(HERE, 'lmdeploy')
 # path prefixes the real AuthenticationMiddleware lets through (+ /standin)
-AUTH_SKIP_PREFIXES = ('/health', '/metrics', '/docs', '/redoc', '/nodes', '/standin')
+AUTH_SKIP_PREFIXES = ('/health', '/docs', '/redoc', '/nodes', '/standin')  # LMDeploy 0.18's, and the stand-in's own
 
 # ---------------------------------------------------------------------------
 # latency model
