@@ -77,12 +77,13 @@ def test_a_target_that_dies_is_restarted_and_inference_resumes(scenario, tmp_pat
 
 
 @pytest.mark.usefixtures("venvs")
-@pytest.mark.parametrize("unhealthy_after, sign", [
-    ("1", "its /health failed"),  # /health 503 a second after the hang, as LMDeploy's after 90 s
-    ("999", "its metrics show requests running and no token generated"),  # /health still 200
+@pytest.mark.parametrize("unhealthy_after, server_args, sign", [
+    # /health 503 a second after the hang (as LMDeploy's after 90 s), no metrics to read
+    ("1", "--disable-metrics", "its /health failed"),
+    ("999", "", "its metrics show requests running and no token generated"),  # /health still 200
 ], ids=["health", "metrics"])
 def test_a_target_that_hangs_is_restarted_and_inference_resumes(scenario, tmp_path, lmeval_runner, unhealthy_after,
-                                                                 sign):
+                                                                 server_args, sign):
     """The stand-in's engine hangs after CRASH_AFTER answers (requests accepted, never answered,
     its token count frozen): found within --stall-timeout by its health or by its metrics,
     stopped, started again, and the run ends with the exact scores."""
@@ -91,8 +92,9 @@ def test_a_target_that_hangs_is_restarted_and_inference_resumes(scenario, tmp_pa
                             STANDIN_HANG_AFTER_REQUESTS_OF=json.dumps({"demo-chat": CRASH_AFTER}),
                             STANDIN_HANG_ONCE=str(tmp_path / "hung"), STANDIN_HANG_UNHEALTHY_AFTER=unhealthy_after,
                             STANDIN_LATENCY_SECONDS="0.1")
-    result = lmeval_runner.run("run", *target_args(scenario, work_dir, "--restarts", "1", "--stall-timeout", "2"),
-                               *judge_args(), env=env, work_dir=work_dir, timeout=SECONDS)
+    args = [arg if arg != f"--max-batch-size {CAPACITY}" else f"--max-batch-size {CAPACITY} {server_args}".strip()
+            for arg in target_args(scenario, work_dir, "--restarts", "1", "--stall-timeout", "2")]
+    result = lmeval_runner.run("run", *args, *judge_args(), env=env, work_dir=work_dir, timeout=SECONDS)
     assert result.poll() == 0, result.transcript()
     assert shown_scores(result.stdout) == scenario[3]
     assert (tmp_path / "hung").exists()

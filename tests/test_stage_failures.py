@@ -95,39 +95,39 @@ def test_a_venv_without_what_ifeval_needs_fails_before_the_model_has_loaded(lmev
 
 
 # OpenCompass's eval task hangs as a task forked while another thread held a lock did (no CPU, no
-# output, nothing asked of any server): a sitecustomize on its PYTHONPATH makes the task's run()
-# sleep, the first time only when HANG_ONCE names a file to create, else every time.
-HANG_HOOK = '''
-import importlib.abc, importlib.util, os, sys, time
+# output, nothing asked of any server): a sitecustomize on its PYTHONPATH makes the eval task
+# script (run as __main__, forked or not) sleep as it loads its config; the first time only when
+# HANG_ONCE names a file to create, else every time.
+HANG_HOOK = """
+import os, sys, time
 
-class HangEvalTask(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "opencompass.tasks.openicl_eval":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        run_module = spec.loader.exec_module
+try:
+    from mmengine.config import Config
+except ImportError:  # a Python without OpenCompass (lmeval's own)
+    Config = None
 
-        def exec_module(module):
-            run_module(module)
-            run = module.OpenICLEvalTask.run
 
-            def hung(task, *args, **kwargs):
-                once = os.environ.get("HANG_ONCE")
-                if once:
-                    try:
-                        open(once, "x").close()
-                    except FileExistsError:
-                        return run(task, *args, **kwargs)
-                time.sleep(3600)
+def hang_here():
+    if not sys.argv or not sys.argv[0].endswith("openicl_eval.py"):
+        return
+    once = os.environ.get("HANG_ONCE")
+    if once:
+        try:
+            open(once, "x").close()
+        except FileExistsError:
+            return
+    time.sleep(3600)
 
-            module.OpenICLEvalTask.run = hung
 
-        spec.loader.exec_module = exec_module
-        return spec
+if Config is not None:
+    load = Config.fromfile
 
-sys.meta_path.insert(0, HangEvalTask())
-'''
+    def fromfile(*args, **kwargs):
+        hang_here()
+        return load(*args, **kwargs)
+
+    Config.fromfile = staticmethod(fromfile)
+"""
 
 
 @pytest.mark.parametrize("once", [True, False], ids=["once", "always"])

@@ -42,12 +42,18 @@ def over(watch: HealthWatch, clock: Clock, moments) -> list:
     return seen
 
 
+def test_a_probe_comes_at_least_twice_per_timeout():
+    watch, clock, asked = watch_of([True] * 10, stall=1.0)
+    over(watch, clock, [0, 0.25, 0.5, 0.75, 1.0])
+    assert asked == [0.0, 0.5, 1.0]
+
+
 def test_a_server_unhealthy_on_end_for_the_timeout_is_stalled():
     watch, clock, asked = watch_of([True] + [False] * 10)
     seen = over(watch, clock, range(0, 16))
     assert asked == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0]  # at most every 2 s
     assert seen[:12] == [None] * 12  # unhealthy since 2 s: not yet 10 s
-    assert seen[12:] == [(10.0, HEALTH), (11.0, HEALTH), (12.0, HEALTH), (13.0, HEALTH)]
+    assert seen[12:] == [(10.0, HEALTH), (10.0, HEALTH), (12.0, HEALTH), (12.0, HEALTH)]  # as the last probe saw
 
 
 def test_one_healthy_answer_starts_the_count_again():
@@ -111,7 +117,7 @@ def hung(watch, clock, moments) -> list:
 
 def test_opencompass_with_no_cpu_no_progress_and_idle_servers_hangs():
     watch, clock = oc_watch([5.0, 5.01] + [5.02] * 9, [3] * 11, [True] * 11)
-    assert hung(watch, clock, range(0, 22, 2)) == [None] * 6 + [10.0, 12.0, 14.0, 16.0, 18.0]  # quiet from 2 s
+    assert hung(watch, clock, range(0, 22, 2)) == [None] * 5 + [10.0, 12.0, 14.0, 16.0, 18.0, 20.0]  # nothing since 0
 
 
 def test_opencompass_working_or_waiting_on_a_server_never_hangs():

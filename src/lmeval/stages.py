@@ -265,7 +265,8 @@ class Evaluation:
                 failure = self.dead_server(stage, watched) or self.stalled_server(stage, watches)
                 if failure:
                     raise failure
-                if (seconds := stuck.hung_for()) is not None:
+                # Watched once it runs: a fork server still importing OpenCompass has its own deadline.
+                if oc.began is not None and (seconds := stuck.hung_for()) is not None:
                     raise OpenCompassHung(
                         f"OpenCompass made no progress for {seconds:.0f} s during {stage}: its processes used no CPU, "
                         f"no answer or result came and no server had a request; see {oc.log_path}")

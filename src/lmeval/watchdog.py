@@ -52,22 +52,26 @@ class HealthWatch:
     moving_at: float | None = None  # when tokens last moved, or the server had nothing to do
     last_load: Load | None = None  # what its metrics said at the last probe
 
+    verdict: tuple[float, str] | None = None  # as of the last probe
+
     def stalled_for(self) -> tuple[float, str] | None:
-        """For how long, and by which sign, the server has looked hung, once that reaches
-        stall_seconds; else None."""
+        """For how long, and by which sign, the server had looked hung at the last probe, once
+        that reaches stall_seconds; else None. Only a probe decides: between two, nothing is
+        known to have changed."""
         now = self.clock()
-        if now - self.last_probe >= self.every:
+        if now - self.last_probe >= min(self.every, self.stall_seconds / 2):
             self.last_probe = now
             if self.probe():
                 self.unhealthy_since = None
             elif self.unhealthy_since is None:
                 self.unhealthy_since = now
             self.observe(self.load(), now)
-        if self.unhealthy_since is not None and now - self.unhealthy_since >= self.stall_seconds:
-            return now - self.unhealthy_since, "its /health failed"
-        if self.moving_at is not None and now - self.moving_at >= self.stall_seconds:
-            return now - self.moving_at, "its metrics show requests running and no token generated"
-        return None
+            self.verdict = None
+            if self.unhealthy_since is not None and now - self.unhealthy_since >= self.stall_seconds:
+                self.verdict = now - self.unhealthy_since, "its /health failed"
+            elif self.moving_at is not None and now - self.moving_at >= self.stall_seconds:
+                self.verdict = now - self.moving_at, "its metrics show requests running and no token generated"
+        return self.verdict
 
     def observe(self, load: Load | None, now: float) -> None:
         self.last_load = load
@@ -147,20 +151,25 @@ class OpenCompassWatch:
     every: float = PROBE_EVERY
     last_probe: float = -math.inf
     last: tuple[float, int] | None = None
-    quiet_since: float | None = None
+    quiet_since: float | None = None  # the probe since which nothing happened
+    verdict: float | None = None  # as of the last probe
 
     def hung_for(self) -> float | None:
+        """For how long OpenCompass had done nothing at the last probe, once that reaches
+        stall_seconds; else None."""
         now = self.clock()
-        if now - self.last_probe >= self.every:
-            self.last_probe = now
+        if now - self.last_probe >= min(self.every, self.stall_seconds / 2):
             cpu, done = self.cpu(), self.progress()
             quiet = (self.last is not None and abs(cpu - self.last[0]) < CPU_QUIET and done == self.last[1]
                      and self.servers_idle() is True)
-            self.quiet_since = (self.quiet_since or now) if quiet else None
-            self.last = (cpu, done)
-        if self.quiet_since is not None and now - self.quiet_since >= self.stall_seconds:
-            return now - self.quiet_since
-        return None
+            if not quiet:
+                self.quiet_since = None
+            elif self.quiet_since is None:
+                self.quiet_since = self.last_probe
+            self.last_probe, self.last = now, (cpu, done)
+            held = now - self.quiet_since if self.quiet_since is not None else 0.0
+            self.verdict = held if held >= self.stall_seconds else None
+        return self.verdict
 
 
 def servers_idle(watches: list[HealthWatch]) -> bool | None:

@@ -127,7 +127,8 @@ HTTP API (http.server, HTTP/1.1 keep-alive):
                              --api-keys only with a key, as LMDeploy 0.18's):
                              lmdeploy:num_requests_running (requests received and
                              not answered), lmdeploy:num_requests_waiting (0) and
-                             lmdeploy:generation_tokens_total (words of replies sent)
+                             lmdeploy:generation_tokens_total (words of replies sent); 404 with
+                             --disable-metrics
   GET  /v1/models            model list (like the real ModelList)
   POST /v1/chat/completions  OpenAI chat, non-streaming or "stream": true (SSE)
   POST /v1/completions       OpenAI completions, "prompt" string or list
@@ -191,6 +192,7 @@ WORKER_FLAG = '--standin-worker'
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXECUTABLE = os.path.join(HERE, 'lmdeploy')
 # path prefixes the real AuthenticationMiddleware lets through (+ /standin)
+TOKEN_STEP_SECONDS = 0.1  # how often a long answer's tokens are counted
 AUTH_SKIP_PREFIXES = ('/health', '/docs', '/redoc', '/nodes', '/standin')  # LMDeploy 0.18's, and the stand-in's own
 
 # ---------------------------------------------------------------------------
@@ -947,6 +949,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if path == '/health':
                 return self._health()
             if path == '/metrics':
+                if app.args.disable_metrics:  # as LMDeploy mounts none
+                    return self._send_json(404, {'detail': 'Not Found'})
                 return self._metrics()
             if path == '/v1/models':
                 return self._models()
@@ -1036,8 +1040,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with st.lock:
                 st.generating += 1
                 st.max_generating = max(st.max_generating, st.generating)
-            if seconds > 0:
-                time.sleep(seconds)
+            self._generate_tokens(count_tokens(reply), seconds)
             end = time.time()
         finally:
             with st.lock:
@@ -1046,6 +1049,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with st.lock:
             st.intervals.append([start, end])
         return reply
+
+    def _generate_tokens(self, tokens: int, seconds: float) -> None:
+        """SECONDS of generation, its TOKENS counted as they come (lmdeploy:generation_tokens_total
+        moves all along a long answer, as LMDeploy's does at each step of its engine)."""
+        st = self.app.stats
+        steps = max(1, round(seconds / TOKEN_STEP_SECONDS))
+        for _ in range(steps):
+            if seconds > 0:
+                time.sleep(seconds / steps)
+            with st.lock:
+                st.generated_tokens += tokens / steps
 
     def _generate(self, chat: bool):
         app, st = self.app, self.app.stats
@@ -1088,7 +1102,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send_json(200, self._full_response(chat, replies, prompt_tokens, created))
             with st.lock:
                 st.answered += 1
-                st.generated_tokens += sum(count_tokens(reply) for reply in replies)
         finally:
             with st.lock:
                 st.in_flight -= 1
