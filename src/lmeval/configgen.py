@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-
 from lmeval.configplan import ConfigPlan, check_plan
 from lmeval.datasets import UserDataset
 from lmeval.prompts import GRADER_TEMPLATE, JUDGE_SYSTEM_PROMPT, mc_prompt

@@ -13,6 +13,7 @@ from lmeval.datasets import UserDataset
 from lmeval.exceptions import UsageError
 from lmeval.suites import DatasetRef, abbrs_of, dataset_abbrs
 
+
 class Generation(BaseModel):
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 

@@ -116,8 +116,8 @@ def verify(folder: Path, manifest: DataManifest, names: Iterable[str]) -> list[D
         path = folder / relative
         if not path.is_file():
             return f"missing: {path}"
-        if path.stat().st_size != record.size:
-            return f"corrupt: {path} has {path.stat().st_size} bytes, not {record.size}"
+        if (size := path.stat().st_size) != record.size:
+            return f"corrupt: {path} has {size} bytes, not {record.size}"
         if sha256_of(path) != record.sha256:
             return f"corrupt: {path} does not have the sha256 the manifest records"
         return None

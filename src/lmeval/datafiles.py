@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmeval import datadir
-from lmeval.suites import DatasetRef, SuiteDataset
 from lmeval.exceptions import UsageError
+from lmeval.suites import DatasetRef, SuiteDataset
 
 OPENCOMPASS_MIRROR = ("opencompass.oss-cn-shanghai.aliyuncs.com", 80)  # DATASETS_URL's host
 HUGGING_FACE = "https://huggingface.co"

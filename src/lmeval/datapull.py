@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from lmeval import datadir
-from lmeval.suites import SuiteDataset
 from lmeval.datadir import COMPASS, HUGGING_FACE, DataManifest, DatasetRecord
 from lmeval.exceptions import StageFailed, UsageError
 from lmeval.ocenv import opencompass_env
 from lmeval.runs import unlockable
+from lmeval.suites import SuiteDataset
 
 PARTIAL = ".partial"
 LOCK_NAME = ".lmeval-data.lock"

@@ -20,10 +20,10 @@ from pydantic import SecretStr
 
 from lmeval import configgen, configplan, datadir, datafiles, gpus, suites, toolvenvs
 from lmeval.datasets import UserDataset
-from lmeval.suites import SuiteDataset
 from lmeval.exceptions import LmevalError, UsageError
 from lmeval.launch import check_model, model_is_path, port_taken
 from lmeval.ocenv import opencompass_env, venv_python
+from lmeval.suites import SuiteDataset
 from lmeval.tools import LMDEPLOY, OPENCOMPASS, Tool, find_executable, installed_version
 
 NEEDED_BY = {"langdetect": "IFEval's language checks", "punkt_tab": "IFEval's sentence counts (NLTK)",

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import psutil
 
-from lmeval.processes import live_process, owner_token, prepare_child, Stopped, tagged_env, terminate
 from lmeval.ocenv import opencompass_env
+from lmeval.processes import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
 
 LISTEN_WAIT_SECONDS = 10.0  # for its socket, which it binds before importing anything
 STOP_GRACE_SECONDS = 5.0

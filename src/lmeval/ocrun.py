@@ -17,8 +17,8 @@ import psutil
 from lmeval.exceptions import StageFailed
 from lmeval.files import log_tail
 from lmeval.forkserver import ForkedChild, ForkServer
-from lmeval.processes import live_process, owner_token, prepare_child, process_tree, Stopped, tagged_env, terminate
 from lmeval.ocenv import opencompass_env, venv_python
+from lmeval.processes import Stopped, live_process, owner_token, prepare_child, process_tree, tagged_env, terminate
 
 STOP_GRACE_SECONDS = 5.0
 FIRST_REPLY_SECONDS = 120.0  # for the fork server to say it forked a process (its imports: 7-8 s of CPU)
@@ -64,6 +64,7 @@ class OpenCompassProcess:
         self.tag = f"opencompass-{uuid.uuid4().hex[:12]}"
         self.popen: subprocess.Popen | None = None
         self.forked: ForkedChild | None = None
+        self.env: dict[str, str] = {}  # set when it starts; a fallback from the fork server starts with it too
         self.created = 0.0
         self.started: float | None = None  # monotonic, once started the usual way
 
@@ -77,19 +78,19 @@ class OpenCompassProcess:
         # OpenCompass writes tmp/, icl_inference_output/ and a dataset size cache into its
         # current directory: give each run its own.
         self.cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = opencompass_env(tagged_env(dict(os.environ), self.tag, owner_token(), self.run_id))
+        self.env = opencompass_env(tagged_env(dict(os.environ), self.tag, owner_token(), self.run_id))
         if self.forks is not None:
             # Named as when started anew (`opencompass`, `python`), for ps, top and pgrep.
-            self.forked = self.forks.launch(self.entry, sys_argv(self.argv), self.cwd, env, self.log_path,
+            self.forked = self.forks.launch(self.entry, sys_argv(self.argv), self.cwd, self.env, self.log_path,
                                             Path(self.argv[0]).name)
             if self.forked is not None:
                 return
-        self.start_anew(env)
+        self.start_anew()
 
-    def start_anew(self, env: dict[str, str]) -> None:
+    def start_anew(self) -> None:
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
-                self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=prepare_child,  # noqa: PLW1509 - umask and prctl only
             )
@@ -103,7 +104,7 @@ class OpenCompassProcess:
                 # The fork server never forked it (stuck in its imports, or worse): a new process.
                 self.forked.close()
                 self.forked = None
-                self.start_anew(opencompass_env(tagged_env(dict(os.environ), self.tag, owner_token(), self.run_id)))
+                self.start_anew()
                 return None
             return code
         return self.popen.poll() if self.popen else None

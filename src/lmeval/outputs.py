@@ -49,12 +49,7 @@ def progress(run_dir: Path, model: str, dataset: str) -> tuple[int, int | None]:
 def progress_mark(run_dir: Path, model: str) -> int:
     """A count that grows with every answer saved and every file written for MODEL in the run
     (OpenCompass's inference counts, predictions, results)."""
-    answered = 0
-    for path in (run_dir / "infer_status" / model).glob("*.json"):
-        try:
-            answered += int(json.loads(path.read_text()).get("completed") or 0)
-        except (OSError, ValueError, TypeError, AttributeError):
-            continue
+    answered = sum(progress(run_dir, model, path.stem)[0] for path in (run_dir / "infer_status" / model).glob("*.json"))
     written = sum(1 for folder in ("predictions", "results") for _ in (run_dir / folder / model).glob("*.json"))
     return answered + written
 

@@ -12,8 +12,6 @@ import keyword
 from dataclasses import dataclass
 from typing import Any
 
-
-
 _LITERAL = frozenset(chr(code) for code in range(0x20, 0x7F)) - set("'\\{}")
 
 

@@ -29,7 +29,7 @@ from lmeval import signals, slurm
 from lmeval.exceptions import ServerFailed, StageFailed, UsageError
 from lmeval.files import log_tail, write_private
 from lmeval.launch import LOG_TAIL_LINES, ServerGroup, ServerSpec, ServerState, StopReport, free_port, replica_capacity
-from lmeval.processes import owner_token, Stopped, tagged_env
+from lmeval.processes import Stopped, owner_token, tagged_env
 
 STATE_SECONDS = 0.5  # how fresh a job's state must be; squeue is asked at most this often
 CANCEL_WAIT_SECONDS = 30.0  # after scancel's own KillWait, how long lmeval waits for the job to go

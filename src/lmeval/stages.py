@@ -21,6 +21,7 @@ import httpx
 
 from lmeval import configgen, outputs, suites
 from lmeval.app import Application
+from lmeval.configplan import ServedModel
 from lmeval.exceptions import OpenCompassHung, ServerDied, ServerFailed, StageFailed
 from lmeval.files import log_tail, write_private
 from lmeval.fleet import RunningSet, ServerSet, start_set, stop_set, wait_set
@@ -30,7 +31,6 @@ from lmeval.manifest import RestartRecord, RunLock, ServerRecord
 from lmeval.ocenv import PLUGIN_DIR, venv_python
 from lmeval.ocrun import OpenCompassRun, Preflight, PreflightFailed, last_error
 from lmeval.options import EvalOptions
-from lmeval.configplan import ServedModel
 from lmeval.plan import EvalPlan, in_flight, make_plan
 from lmeval.results import print_scores
 from lmeval.runs import move_aside

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from lmeval.datasets import UserDataset, load_user_dataset, shadowed_name
 from lmeval.exceptions import UsageError
 
+
 class SuiteDataset(BaseModel):
     """One dataset config shipped with OpenCompass, imported by module and variable name."""
 
