@@ -16,8 +16,9 @@ included). The servers' load is in neither. Prints the medians, and the streamed
 max(inference, judging) of the other; exits 1 if the ratio misses the goal.
 
 The stages last minutes, as real ones do. What streaming cannot hide is the eval stage after
-the last dataset: its OpenCompass start-up (a second or two, forked from lmeval's fork server)
-and the judging of the datasets that finished too late to be judged meanwhile.
+the last dataset: its OpenCompass start-up (half a minute on 2 busy cores with new processes,
+the default; a second or two with --fork-server) and the judging of the datasets that finished too
+late to be judged meanwhile. `--fork-server` runs both with it.
 
 Run it from the repository root (about 10 minutes a pair on 2 CPU cores):
   .venvs/lmeval/bin/python bench/streaming_bench.py [-n N]
@@ -67,6 +68,7 @@ def manifest_stages(work_dir: Path) -> dict[str, dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=1, help="runs of each (default 1)")
+    parser.add_argument("--fork-server", action="store_true", help="lmeval run --fork-server, both")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="lmeval-streaming-bench-"))
     datasets = write_suite(scratch / "data")
@@ -77,7 +79,7 @@ def main() -> int:
                "--gpus", "0", "--server-args", "--max-batch-size 2", "--judge-model",
                str(SAMPLE / "models" / "demo-judge"), "--judge-gpus", "1", "--judge-tp", "1",
                "--judge-server-args", "--max-batch-size 2", "--lmdeploy", str(REPO / "tests" / "standin" / "lmdeploy"),
-               "--opencompass", str(VENVS / "opencompass" / "bin" / "opencompass")]
+               "--opencompass", str(VENVS / "opencompass" / "bin" / "opencompass")] + ["--fork-server"] * args.fork_server
     streamed: list[float] = []
     after: dict[str, list[float]] = {"infer": [], "eval": []}
     for run in range(args.n):

@@ -44,6 +44,7 @@ GOAL = 0.6
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=1, help="runs of each (default 1)")
+    parser.add_argument("--fork-server", action="store_true", help="lmeval run --fork-server, each")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="lmeval-sweep-bench-"))
     keys = scratch / "keys"
@@ -59,7 +60,7 @@ def main() -> int:
     common = ["--dataset", str(SAMPLE / "capitals.jsonl"), "--dataset", str(SAMPLE / "arithmetic.jsonl"),
               "--judge-model", str(SAMPLE / "models" / "demo-judge"), "--judge-gpus", "1",
               "--judge-tp", "1", "--lmdeploy", str(REPO / "tests" / "standin" / "lmdeploy"),
-              "--opencompass", str(VENVS / "opencompass" / "bin" / "opencompass")]
+              "--opencompass", str(VENVS / "opencompass" / "bin" / "opencompass")] + ["--fork-server"] * args.fork_server
     times: dict[str, list[float]] = {"one command": [], "one command per model": [],
                                      "one command, side by side (--gpus 0,2,3 --tp 1)": []}
     for run in range(args.n):

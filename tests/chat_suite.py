@@ -41,7 +41,7 @@ from statistics import mean
 
 from data_mirror import HLE_CARD, Mirror
 from scenarios import judge_agrees
-from toolkit import MODELS, TOOLS, VENVS, Lmeval, Runner, describe, lmeval_env, only_run
+from toolkit import MODELS, NEW_PROCESSES, TOOLS, VENVS, Lmeval, Runner, describe, lmeval_env, only_run
 
 HERE = Path(__file__).resolve().parent / "suite_data"
 INVALID_MARKER = "[unsure]"  # the stand-in judge replies neither A nor B to an answer holding it (STANDIN_JUDGE_INVALID)
@@ -454,8 +454,9 @@ _RUNS: dict[str, ChatRuns] = {}
 
 def chat_runs(folder: Path) -> ChatRuns:
     """Built once per session: the suite's data pulled from a loopback mirror (twice) and checked;
-    the whole suite from that folder with the network off and the first key; then three of its
-    datasets from COMPASS_DATA_CACHE with the other key, in one work dir (each exit code and
+    the whole suite from that folder with the network off and the first key, OpenCompass's
+    processes started anew (the default); then three of its datasets from COMPASS_DATA_CACHE with
+    the other key and --fork-server, in one work dir (each exit code and
     output is the tests' to check)."""
     if "runs" in _RUNS:
         return _RUNS["runs"]
@@ -476,7 +477,8 @@ def chat_runs(folder: Path) -> ChatRuns:
                 requests.append(mirror.requests[seen:])
         check = runner.run("data", "check", str(pulled), env=offline_env(), timeout=60)
         full = runner.run("run", *chat_args(work_dir, "demo-chat", "--data-dir", str(pulled)),
-                          env=offline_env(**suite.standin_env()), work_dir=work_dir, timeout=CHAT_RUN_SECONDS)
+                          env=offline_env(**suite.standin_env(), **NEW_PROCESSES), work_dir=work_dir,
+                          timeout=CHAT_RUN_SECONDS)
         left["full"] = describe(runner.leftovers()).splitlines()
         full_dir = only_run(work_dir)
         other = runner.run("run", *chat_args(work_dir, "demo-chat", "--datasets", OTHER_DATASETS),

@@ -422,7 +422,8 @@ class Loaded:
             "chat_infer": ("infer", plan([*chat, qa, mc], tokenizer=tok)),
             "chat_eval": ("eval", plan([*chat, qa, mc], tokenizer=tok)),
             "subset_eval": ("eval", plan([*suites.select_suite("chat", "gpqa,ifeval")], tokenizer=tok)),
-            "rule_only_eval": ("eval", plan([*suites.select_suite("chat", "ifeval,code"), mc], judge=False, tokenizer=tok)),
+            "rule_only_eval": ("eval", plan([*suites.select_suite("chat", "ifeval,code"), mc], judge=False, tokenizer=tok,
+                                            forked_tasks=True)),  # as with --fork-server
             # a streamed evaluation's, or one after other datasets' inference failed: some members of a group
             "some_eval": ("eval", plan([*chat], tokenizer=tok, only=("IFEval", "mmlu_pro_math", "mmlu_pro_law"))),
         }
@@ -489,6 +490,8 @@ def test_chat_infer_config(loaded):
     assert report["tasks"] == [abbrs]  # one task: every dataset under one in_flight semaphore
     assert report["task_num_gpus"] == [0]
     assert report["dumped"]["infer"]["runner"]["max_num_workers"] == 1
+    # OpenCompass's own runner: each task a new Python, never forked from the threaded runner.
+    assert report["dumped"]["infer"]["runner"]["type"] == "opencompass.runners.local.LocalRunner"
     assert report["dumped"]["keys"] == ["datasets", "infer", "models", "work_dir"]
     built = report["built"]["models"][0]
     assert built["tokenizer_type"] == "hf" and built["tokenizer_path"] == str(loaded.tokenizer)
@@ -532,6 +535,7 @@ def test_chat_eval_config_wires_the_judge_into_judged_datasets_only(loaded):
     mmlu = next(group for group in summarizer["summary_groups"] if group["name"] == "mmlu_pro")
     assert mmlu["subsets"] == list(suites.SUITES["chat"][4].abbrs)
     assert report["dumped"]["eval"]["runner"]["max_num_workers"] == 4
+    assert report["dumped"]["eval"]["runner"]["type"] == "opencompass.runners.local.LocalRunner"
 
 
 @pytest.mark.opencompass
@@ -544,6 +548,7 @@ def test_subset_and_rule_only_configs(loaded):
     rule = loaded.scenario("rule_only_eval")
     assert [d["abbr"] for d in rule["dumped"]["datasets"]] == ["IFEval", "lcb_code_generation_repeat_6", "my_mc"]
     assert not any(d["judge"] or d["llm_judge"] or d["has_judge_cfg"] for d in rule["dumped"]["datasets"])
+    assert rule["dumped"]["eval"]["runner"]["type"] == "lmeval_opencompass.LmevalLocalRunner"  # --fork-server
 
 
 @pytest.mark.opencompass

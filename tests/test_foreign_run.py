@@ -47,12 +47,12 @@ def inferred_by_hand(tmp_path, scenario, port):
                                     served_name="demo-chat", tokenizer_path=str(MODELS / "demo-chat"), in_flight=4)
     text = configgen.render_config("infer", configplan.ConfigPlan(datasets=datasets, model_abbr="demo-chat",
                                                                   target=served))
-    # OpenCompass's own model class and runner, as anybody's config has them.
-    plugin = "from lmeval_opencompass import LmevalLocalRunner, LmevalOpenAISDK\n"
+    # OpenCompass's own model class, as anybody's config has it (the runner is OpenCompass's already).
+    plugin = "from lmeval_opencompass import LmevalOpenAISDK\n"
     assert plugin in text
-    text = text.replace(plugin, "from opencompass.models import OpenAISDK\nfrom opencompass.runners import LocalRunner\n")
+    text = text.replace(plugin, "from opencompass.models import OpenAISDK\n")
     config = tmp_path / "my_config.py"
-    config.write_text(text.replace("LmevalOpenAISDK", "OpenAISDK").replace("LmevalLocalRunner", "LocalRunner"))
+    config.write_text(text.replace("LmevalOpenAISDK", "OpenAISDK"))
     work_dir = tmp_path / "out"
     done = subprocess.run([str(VENVS / "opencompass" / "bin" / "opencompass"), str(config), "-m", "infer",
                            "-w", str(work_dir), "-r", RUN_ID], cwd=tmp_path, capture_output=True, text=True,

@@ -7,6 +7,7 @@ tqdm the runner uses, with lmeval_fork as the runner imports it."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from toolkit import VENVS
@@ -58,7 +59,20 @@ def body():
     print("the task prints")
 
 
-pid = fork_child(body, sys.argv[2], new_session=False)
+def plain_fork(body, output, new_session):
+    # The way the old runner forked: the child writes through what it inherited.
+    pid = os.fork()
+    if pid == 0:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        body()
+        os._exit(0)
+    return pid
+
+
+fork = {"fork_child": fork_child, "plain": plain_fork}[sys.argv[3]]
+pid = fork(body, sys.argv[2], new_session=False)
 said = "hung"
 for _ in range(200):
     done, status = os.waitpid(pid, os.WNOHANG)
@@ -74,9 +88,21 @@ os._exit(0)  # not through the interpreter's exit, which would flush the held st
 """
 
 
-def test_a_task_forked_while_another_thread_writes_runs_to_its_end(tmp_path):
+def forked_while_another_thread_writes(tmp_path, fork: str) -> tuple[str, Path]:
+    """What became of a task forked by FORK as another thread held the locks: `exit N` or `hung`."""
     log = tmp_path / "task.out"
-    done = subprocess.run([str(VENVS / "opencompass" / "bin" / "python"), "-c", SCRIPT, str(PLUGIN_DIR), str(log)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.stdout.splitlines()[-1:] == ["exit 0"], done.stdout + done.stderr
+    done = subprocess.run([str(VENVS / "opencompass" / "bin" / "python"), "-c", SCRIPT, str(PLUGIN_DIR), str(log),
+                           fork], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.splitlines(), done.stderr
+    return done.stdout.splitlines()[-1], log
+
+
+def test_a_task_forked_the_old_way_while_another_thread_writes_hangs(tmp_path):
+    """Why the default never forks from a threaded process (tests/test_opencompass_starts.py)."""
+    assert forked_while_another_thread_writes(tmp_path, "plain")[0] == "hung"
+
+
+def test_a_task_forked_while_another_thread_writes_runs_to_its_end(tmp_path):
+    said, log = forked_while_another_thread_writes(tmp_path, "fork_child")
+    assert said == "exit 0"
     assert log.read_text().splitlines() == ["the task logs", "the task writes a progress line", "the task prints"]

@@ -90,7 +90,6 @@ class FakeEvaluation:
     """What StreamedJudging uses of lmeval.stages.Evaluation; it keeps what it was asked."""
 
     run_dir: Path
-    shared_judge: SimpleNamespace | None = None
     lines: list[str] = field(default_factory=list)
     runs: list[tuple[list[str], FakeEvaluationRun]] = field(default_factory=list)
 
@@ -100,8 +99,8 @@ class FakeEvaluation:
         self.app = SimpleNamespace(info=self.lines.append, checkpoint=lambda: None,
                                    stopped=lambda what, stopped, work_dir: self.lines.append(f"stopped {what}"))
 
-    def wait(self, judge, served):
-        return served
+    def wait(self, judge):
+        return judge.served
 
     def render(self, stage, target, judge, datasets, path):
         self.datasets = datasets
@@ -123,14 +122,16 @@ class FakeEvaluation:
             predictions.write_text("{}")
 
 
-JUDGE = SimpleNamespace(first_exit=lambda: None, servers=[])
+def judge_endpoint() -> SimpleNamespace:
+    """What StreamedJudging uses of the judge's lmeval.endpoint.Endpoint: ready, never ending."""
+    return SimpleNamespace(first_exit=lambda: None, servers=[], served=SimpleNamespace(api_key="key-1"))
 
 
-def streaming(tmp_path, shared_judge=None, second: int = 100) -> tuple[FakeEvaluation, StreamedJudging, Clock]:
+def streaming(tmp_path, judge=None, second: int = 100) -> tuple[FakeEvaluation, StreamedJudging, Clock]:
     """OpenCompass answers first after 30 s, then 2 answers a second; FIRST (40) is done at 50 s,
     with SECOND - 2 answers still to come (100: 49 s of inference, more than the start-up)."""
-    evaluation, clock = FakeEvaluation(tmp_path / "run", shared_judge), Clock()
-    streamed = StreamedJudging(evaluation, JUDGE, SimpleNamespace(api_key="key-1"), clock=clock)
+    evaluation, clock = FakeEvaluation(tmp_path / "run"), Clock()
+    streamed = StreamedJudging(evaluation, judge or judge_endpoint(), clock=clock)
     total_second = second
     for now, first, second in ((10, 0, None), (30, 1, None), (50, 40, 2)):
         clock.now = now
@@ -178,7 +179,7 @@ def test_an_evaluation_past_its_start_up_is_let_end(tmp_path):
 
 
 def test_an_evaluation_holding_the_key_of_a_judge_another_run_restarted_is_stopped(tmp_path):
-    shared = SimpleNamespace(served=SimpleNamespace(api_key="key-1"))
+    shared = judge_endpoint()
     evaluation, streamed, clock = streaming(tmp_path, shared)
     [(_, run)] = evaluation.runs
     shared.served = SimpleNamespace(api_key="key-2")  # another run of the sweep restarted it
@@ -194,7 +195,7 @@ def test_the_start_up_counts_from_when_the_inference_process_began(tmp_path):
     OpenCompass), its first answer at 30 s: a start-up of 5 s, so with 24 s of inference left
     (second: 48 answers to come) first is judged meanwhile."""
     evaluation, clock = FakeEvaluation(tmp_path / "run"), Clock()
-    streamed = StreamedJudging(evaluation, JUDGE, SimpleNamespace(api_key="key-1"), clock=clock)
+    streamed = StreamedJudging(evaluation, judge_endpoint(), clock=clock)
     inference = SimpleNamespace(began=None)
     for now, began, first, second in ((10, None, 0, None), (26, 25.0, 0, None), (30, 25.0, 1, None),
                                       (50, 25.0, 40, 2)):

@@ -54,12 +54,19 @@ STANDIN_ENV = {
 }
 
 
+# OpenCompass's processes forked (--fork-server) in most tests: each new Python costs 7-8 s of CPU,
+# half a minute on CI's 2 cores, and the tests start hundreds. The default way, each a new process,
+# runs in the session's chat suite run (tests/chat_suite.py) and tests/test_opencompass_starts.py.
+FORK_SERVER = {"LMEVAL_FORK_SERVER": "1"}
+NEW_PROCESSES = {"LMEVAL_FORK_SERVER": "0"}
+
+
 def lmeval_env(**extra: str) -> dict[str, str]:
     """What an lmeval under test runs with: this process's environment without any STANDIN_ or
-    LMEVAL_ setting of its own, then STANDIN_ENV and LMEVAL_HOME (the project's venvs, as
-    scripts/setup made them with `lmeval setup`), then EXTRA."""
+    LMEVAL_ setting of its own, then STANDIN_ENV, LMEVAL_HOME (the project's venvs, as
+    scripts/setup made them with `lmeval setup`) and FORK_SERVER, then EXTRA."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("STANDIN_", "LMEVAL_"))}
-    return {**env, **STANDIN_ENV, "LMEVAL_HOME": str(VENVS), **extra}
+    return {**env, **STANDIN_ENV, "LMEVAL_HOME": str(VENVS), **FORK_SERVER, **extra}
 
 
 # ---------------------------------------------------------------- waiting

@@ -20,8 +20,9 @@ asks for one. What they change, and why (all checked against OpenCompass 0.5.4's
   gets `in_flight // min(eval_workers, judged datasets)` threads, fed from batches four times
   that size (a plain `GenInferencer`: each batch waits for its last answer), so the judge sees
   at most `in_flight` requests, and exactly that while that many judged datasets are scored.
-- Tasks run under `LmevalLocalRunner` (same plugin): forked from the OpenCompass process, which
-  has already imported what they import, instead of each a new Python (7-8 s of CPU first).
+- Tasks run under OpenCompass's `LocalRunner`, each a new Python; with `--fork-server` under
+  `LmevalLocalRunner` (same plugin), forked from the OpenCompass process, which has already
+  imported what they import (a new Python spends 7-8 s of CPU on that first).
 - Models and judge are `LmevalOpenAISDK` (lmeval/opencompass_plugin/, on OpenCompass's
   PYTHONPATH): OpenAISDK with an HTTP client per request thread (one shared httpcore pool
   slows down with the square of its idle connections, and the client falls far below the
@@ -54,7 +55,7 @@ META_TEMPLATE = Code("__meta_template")
 # (lmeval/opencompass_plugin/; lmeval puts that folder on OpenCompass's PYTHONPATH).
 MODEL_MODULE, MODEL_CLASS = "lmeval_opencompass", "LmevalOpenAISDK"
 # LocalRunner with each task forked from the OpenCompass process instead of a new Python.
-RUNNER_CLASS = "LmevalLocalRunner"
+FORKING_RUNNER_CLASS = "LmevalLocalRunner"
 JUDGE_BATCH_FACTOR = 4  # judge prompts per batch, in units of its threads (see the module doc)
 # OpenCompass's evaluators lmeval's plugin subclasses, for details they leave out.
 EVALUATORS_WITH_DETAILS = {"IFEvaluator": "LmevalIFEvaluator"}
@@ -260,7 +261,8 @@ def render_config(stage: Stage, plan: ConfigPlan) -> str:
     models = [_model(plan, imports)]
     judge = _judge(plan, imports) if stage == "eval" and plan.judged else None
     naive = imports.use("opencompass.partitioners", "NaivePartitioner")
-    local = imports.use(MODEL_MODULE, RUNNER_CLASS)
+    local = (imports.use(MODEL_MODULE, FORKING_RUNNER_CLASS) if plan.forked_tasks
+             else imports.use("opencompass.runners", "LocalRunner"))
     if stage == "infer":
         # One task for all datasets: they share the model's single in_flight semaphore.
         stage_cfg = dict(

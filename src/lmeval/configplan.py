@@ -93,6 +93,8 @@ class ConfigPlan(BaseModel):
     # Only these of the datasets' names (a streamed evaluation's, or the datasets inferred when
     # others failed); None: all of them. A group is then cut to its members among them.
     only: tuple[str, ...] | None = None
+    # Tasks forked from their OpenCompass process (LmevalLocalRunner), not each a new Python.
+    forked_tasks: bool = False
 
     @property
     def abbrs(self) -> list[str]:

@@ -12,6 +12,7 @@ HOST = "127.0.0.1"
 WORK_DIR = "outputs"
 READY_TIMEOUT = 1800.0  # seconds a model may take to load
 GRACE = 10.0  # seconds a server gets after SIGTERM before it is killed
+FORK_SERVER_ENV = "LMEVAL_FORK_SERVER"
 STALL_TIMEOUT = 180.0  # seconds a server may look hung on end during a stage before it is restarted (watchdog)
 RESTARTS = 1  # times each server lmeval started is restarted when it dies during a stage
 # Keys of servers the user runs, read from the environment (out of `ps` and shell history).

@@ -53,6 +53,7 @@ class DefaultsFile(BaseModel):
     restarts: int | None = None
     stall_timeout: float | None = None
     stream: bool | None = None
+    fork_server: bool | None = None
     # generation
     temperature: float | None = None
     max_out_len: int | None = None

@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from lmeval.ocenv import opencompass_env
-from lmeval.processes import Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
+from lmeval.processes import CHILD_UMASK, Stopped, live_process, owner_token, prepare_child, tagged_env, terminate
 
 LISTEN_WAIT_SECONDS = 10.0  # for its socket, which it binds before importing anything
 STOP_GRACE_SECONDS = 5.0
@@ -116,7 +116,7 @@ class ForkServer:
                 self.popen = subprocess.Popen(
                     [str(self.python), "-m", "lmeval_forkserver", str(self.socket_path)], cwd=self.folder, env=env,
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=prepare_child,  # noqa: PLW1509 - umask and prctl only
+                    umask=CHILD_UMASK, preexec_fn=prepare_child,  # noqa: PLW1509 - one prctl call
                 )
         except OSError:
             self.stop()

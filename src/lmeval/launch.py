@@ -28,6 +28,7 @@ from lmeval.processes import (
     Stopped,
     live_process,
     owner_token,
+    CHILD_UMASK,
     prepare_child,
     process_tree,
     tagged_env,
@@ -322,7 +323,7 @@ class Server:
             os.chmod(self.log_path, 0o600)
             self.popen = subprocess.Popen(
                 self.argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=prepare_child,  # noqa: PLW1509 - umask and prctl only
+                start_new_session=True, umask=CHILD_UMASK, preexec_fn=prepare_child,  # noqa: PLW1509 - one prctl call
             )
         self.created = psutil.Process(self.popen.pid).create_time()
         self.save_state(stopped=False)

@@ -18,7 +18,16 @@ from lmeval.exceptions import StageFailed
 from lmeval.files import log_tail
 from lmeval.forkserver import ForkedChild, ForkServer
 from lmeval.ocenv import opencompass_env, venv_python
-from lmeval.processes import Stopped, live_process, owner_token, prepare_child, process_tree, tagged_env, terminate
+from lmeval.processes import (
+    CHILD_UMASK,
+    Stopped,
+    live_process,
+    owner_token,
+    prepare_child,
+    process_tree,
+    tagged_env,
+    terminate,
+)
 
 STOP_GRACE_SECONDS = 5.0
 FIRST_REPLY_SECONDS = 120.0  # for the fork server to say it forked a process (its imports: 7-8 s of CPU)
@@ -92,7 +101,7 @@ class OpenCompassProcess:
             self.popen = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=prepare_child,  # noqa: PLW1509 - umask and prctl only
+                umask=CHILD_UMASK, preexec_fn=prepare_child,  # noqa: PLW1509 - one prctl call
             )
         self.started = time.monotonic()
         self.created = psutil.Process(self.popen.pid).create_time()

@@ -63,6 +63,7 @@ class EvalOptions(BaseModel):
     restarts: int = defaults.RESTARTS
     stall_timeout: float = defaults.STALL_TIMEOUT
     stream: bool = True
+    fork_server: bool = False
     dry_run: bool = False
 
     def target_key(self) -> SecretStr | None:

@@ -111,6 +111,14 @@ def result_error(run_dir: Path, model: str, dataset: str) -> str | None:
     return implausible(result, judge_replies(run_dir, model, [dataset]))
 
 
+def lacking(run_dir: Path, model: str, stage: str, datasets: list[str]) -> dict[str, str]:
+    """The DATASETS that STAGE left without their outputs, and what is wrong with each
+    (OpenCompass exits 0 either way): no predictions, or the error of their results."""
+    if stage == "infer":
+        return {name: "no predictions written" for name in missing_predictions(run_dir, model, datasets)}
+    return {name: error for name in datasets if (error := result_error(run_dir, model, name))}
+
+
 def _per_answer(details: object, field: str) -> list:
     """FIELD of every answer in a results file's `details`: OpenCompass 0.5.4 groups them by
     question, each field a list with one value per run (a dict of answers, for evaluators

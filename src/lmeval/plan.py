@@ -54,6 +54,7 @@ class EvalPlan:
     restarts: int  # per server lmeval started, when it dies (or stalls) during a stage
     stall_timeout: float  # seconds a server may look hung on end before it counts as dead (lmeval.watchdog)
     stream: bool  # judge each dataset once inferred, when the judge has GPUs of its own
+    fork_server: bool  # OpenCompass's processes and tasks forked (lmeval.forkserver), not started anew
     dry_run: bool
     # Dataset files to copy into the run (source, copy), done under the run's lock.
     copies: tuple[tuple[Path, Path], ...] = ()
@@ -77,7 +78,7 @@ class EvalPlan:
         datasets inferred when others failed)."""
         return configplan.ConfigPlan(datasets=self.datasets, model_abbr=self.model_abbr, target=target,
                                      generation=self.generation, judge=judge,
-                                     only=None if abbrs is None else tuple(abbrs))
+                                     only=None if abbrs is None else tuple(abbrs), forked_tasks=self.fork_server)
 
     def predictions_complete(self) -> bool:
         return not outputs.missing_predictions(self.run_dir, self.model_abbr, self.abbrs)
@@ -330,6 +331,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         lmdeploy=lmdeploy, datasets=datasets, model_abbr=inputs.model_abbr, generation=inputs.generation,
         target=target, target_set=target_set, judge=judge, judge_set=judge_set, ready_timeout=options.ready_timeout,
         grace=options.grace, restarts=options.restarts, stall_timeout=options.stall_timeout, stream=options.stream,
+        fork_server=options.fork_server,
         dry_run=options.dry_run, copies=copies,
         redo_reason=redo_reason,
     )

@@ -46,16 +46,25 @@ def owner_alive(token: str) -> bool:
         return False
 
 
-def prepare_child() -> None:
-    """In a child before exec: files it writes are the owner's alone, and it gets SIGTERM
-    when lmeval dies, even by SIGKILL (Linux PR_SET_PDEATHSIG; in fact when the thread that
-    started it ends: see ServerGroup.starter)."""
-    os.umask(0o077)
+def _libc_prctl():
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except OSError:
-        pass
+        return None
+
+
+# Resolved here, not in the child: between fork and exec the child of a process with threads
+# should run as little Python as it can (no dlopen, no import).
+_PRCTL = _libc_prctl()
+CHILD_UMASK = 0o077  # files a child writes are the owner's alone (Popen's umask=)
+
+
+def prepare_child() -> None:
+    """In a child before exec: it gets SIGTERM when lmeval dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG; in fact when the thread that started it ends: see ServerGroup.starter).
+    One C call, already resolved."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)
 
 
 def tagged_processes(match) -> list[psutil.Process]:

@@ -5,8 +5,8 @@ in the same run folder, judges them. A run then takes about max(inference, judgi
 their sum. The eval stage that follows finds their results (OpenCompass skips a dataset that
 has them), scores what is left and writes the summary of all of them.
 
-Each evaluation costs an OpenCompass start-up before it judges anything (a second or two forked
-from lmeval.forkserver, half a minute on 2 CPU cores started anew). So a finished dataset is
+Each evaluation costs an OpenCompass start-up before it judges anything (7-8 s of CPU started
+anew, half a minute on 2 busy cores; a second or two forked with --fork-server). So a finished dataset is
 only judged meanwhile when the inference still to come outlasts that start-up, and one still
 starting once inference ended is stopped: the eval stage judges those datasets with the last
 ones, one start-up sooner.
@@ -27,7 +27,7 @@ from typing import Protocol
 from lmeval import outputs
 from lmeval.app import Application
 from lmeval.configplan import ServedModel
-from lmeval.fleet import RunningSet
+from lmeval.endpoint import Endpoint
 from lmeval.ocrun import OpenCompassProcess, OpenCompassRun
 from lmeval.plan import EvalPlan
 from lmeval.readiness import port_open
@@ -35,25 +35,18 @@ from lmeval.readiness import port_open
 POLL_SECONDS = 0.2
 
 
-class SharedServer(Protocol):
-    """A judge several runs share: how its clients reach it now (None until it is ready)."""
-
-    served: ServedModel | None
-
-
 class Judging(Protocol):
     """What streamed judging needs of the evaluation it runs beside (lmeval.stages.Evaluation)."""
 
     app: Application
     plan: EvalPlan
-    shared_judge: SharedServer | None
 
     def render(self, stage: str, target: ServedModel, judge: ServedModel | None, abbrs: list[str] | None = None,
                path: Path | None = None) -> Path: ...
 
     def opencompass(self, stage: str, config: Path, log_name: str = "") -> OpenCompassRun: ...
 
-    def wait(self, running: RunningSet, served: ServedModel) -> ServedModel: ...
+    def wait(self, endpoint: Endpoint) -> ServedModel: ...
 
 
 @dataclass
@@ -97,13 +90,12 @@ class StreamedJudging:
     """One OpenCompass evaluation at a time, of the datasets whose predictions are complete and
     that no evaluation had yet."""
 
-    def __init__(self, evaluation: Judging, judge: RunningSet, served: ServedModel,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, evaluation: Judging, judge: Endpoint, clock: Callable[[], float] = time.monotonic) -> None:
         self.evaluation = evaluation
         self.clock = clock
         self.pace = Pace(clock())  # made just before the inference starts
         self.judge = judge
-        self.served = served  # as OpenCompass reaches it; set again once it is ready
+        self.served = judge.served  # as the running evaluation reaches it; set again once it is ready
         self.ready = False
         self.running: OpenCompassRun | None = None
         self.running_since = 0.0
@@ -133,7 +125,7 @@ class StreamedJudging:
         if not self.ready:
             if not all(port_open(*server.address) for server in self.judge.servers if server.address):
                 return  # still loading: never wait for it while inference goes on
-            self.served = self.evaluation.wait(self.judge, self.served)
+            self.served = self.evaluation.wait(self.judge)
             self.ready = True
         plan = self.evaluation.plan
         done = [name for name in plan.abbrs if name not in self.handed
@@ -150,8 +142,7 @@ class StreamedJudging:
     def judge_restarted(self) -> bool:
         """Whether another run of the sweep restarted the shared judge (a fresh key) since the
         running evaluation started."""
-        shared = self.evaluation.shared_judge
-        return shared is not None and shared.served is not None and shared.served.api_key != self.served.api_key
+        return self.judge.served.api_key != self.served.api_key
 
     def observe_inference(self) -> int | None:
         """Feed the pace with OpenCompass's counts; the answers still to come, None if a
@@ -169,9 +160,7 @@ class StreamedJudging:
 
     def start(self, datasets: list[str]) -> None:
         evaluation, plan = self.evaluation, self.evaluation.plan
-        shared = evaluation.shared_judge
-        if shared is not None and shared.served is not None:
-            self.served = shared.served  # another run of the sweep restarted it: its key now
+        self.served = self.judge.served  # another run of the sweep may have restarted it: its key now
         self.handed.update(datasets)
         self.batch = datasets
         self.evaluations += 1

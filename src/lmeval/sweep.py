@@ -22,13 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from lmeval.app import Application
+from lmeval.endpoint import Endpoint
 from lmeval.exceptions import LmevalError, StageFailed, UsageError
+from lmeval.forkserver import ForkServer
 from lmeval.gpus import parse_gpu_list
 from lmeval.launch import ServerGroup, check_model
 from lmeval.options import EvalOptions
 from lmeval.plan import EvalPlan, make_plan
-from lmeval.forkserver import ForkServer
-from lmeval.stages import Evaluation, SharedJudge, opencompass_forks
+from lmeval.stages import Evaluation, judge_endpoint, opencompass_forks
 
 JOIN_SECONDS = 0.2
 
@@ -101,11 +102,11 @@ class RunThread:
 class Sweep:
     """The runs of one command, each a thread, and what they share: the judge, the GPU groups."""
 
-    def __init__(self, app: Application, plans: list[EvalPlan], shared: SharedJudge | None, groups: int,
+    def __init__(self, app: Application, plans: list[EvalPlan], judge: Endpoint | None, groups: int,
                  forks: ForkServer | None = None) -> None:
         self.app = app
         self.plans = plans
-        self.shared = shared
+        self.judge = judge
         self.groups = groups
         self.forks = forks
         self.failed: set[str] = set()  # run ids
@@ -161,7 +162,7 @@ class Sweep:
     def run_one(self, plan: EvalPlan, phase: tuple[str, ...], gpus_free: threading.Event) -> None:
         app = self.app.for_run(plan.model_abbr)
         try:
-            Evaluation(app, plan, self.shared, gpus_free, self.forks).execute(phase)
+            Evaluation(app, plan, self.judge, gpus_free, self.forks).execute(phase)
         except LmevalError as error:
             self.app.warn(f"{plan.model_abbr} (run {plan.run_id}) failed: {error.message}")
             if error.detail:
@@ -191,8 +192,8 @@ def evaluate_models(app: Application, options: list[EvalOptions], stages: tuple[
             ThreadPoolExecutor(1, thread_name_prefix="judge-starter") as starter, \
             ServerGroup(first.lmdeploy, first.run_dir / "servers", app, first.run_id, first.grace,
                         starter=lambda start: starter.submit(start).result()) as group:
-        shared = SharedJudge(group) if first.judge_set is not None and "eval" in stages else None
-        sweep = Sweep(app, plans, shared, len(groups), forks)
+        judge = judge_endpoint(first, group) if first.judge_set is not None and "eval" in stages else None
+        sweep = Sweep(app, plans, judge, len(groups), forks)
         try:
             for phase in phases(plans, stages):
                 sweep.run_phase(phase)

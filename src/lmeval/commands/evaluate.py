@@ -19,6 +19,7 @@ from lmeval.commands.options import (
     DatasetNames,
     DryRun,
     ExtraBody,
+    ForkServer,
     Gpus,
     Grace,
     Host,
@@ -139,6 +140,7 @@ def _target_command(stages: Stages, doc: str):
         restarts: Restarts = defaults.RESTARTS,
         stall_timeout: StallTimeout = defaults.STALL_TIMEOUT,
         stream: Stream = True,
+        fork_server: ForkServer = False,
         dry_run: DryRun = False,
         config: ConfigFile = None,
     ) -> None:
@@ -180,6 +182,7 @@ def judge(
     grace: Grace = defaults.GRACE,
     restarts: Restarts = defaults.RESTARTS,
     stall_timeout: StallTimeout = defaults.STALL_TIMEOUT,
+    fork_server: ForkServer = False,
     dry_run: DryRun = False,
     config: ConfigFile = None,
 ) -> None:
