@@ -53,7 +53,7 @@ class FakeGroup:
         self.events.append(f"stop {server.spec.role}")
 
 
-def ready_at_once(running, timeout, on_ready, meanwhile) -> None:
+def ready_at_once(running, timeout, on_ready, meanwhile) -> None:  # noqa: ARG001 - wait_set's signature
     """lmeval.fleet.wait_set with every server ready."""
     meanwhile()
     for server in running.replicas:
