@@ -44,7 +44,7 @@ class FakeEndpoint:
             self.events.append(f"start {self.role}")
             self.running = True
 
-    def wait_ready(self, app, meanwhile=lambda: None) -> ServedModel:
+    def wait_ready(self, app, meanwhile=lambda: None, first=False) -> ServedModel:
         meanwhile()
         self.events.append(f"ready {self.role}")
         return self.served
