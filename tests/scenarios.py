@@ -18,6 +18,7 @@ import json
 import math
 import re
 import shutil
+import statistics
 import threading
 import time
 from collections import Counter
@@ -78,6 +79,22 @@ def row_outcomes(qa_rows: list[QaRow], mc_rows: list[McRow]) -> dict[str, list[b
     """Whether each row is answered right, by dataset: by the stand-in judge's rule, or the letter."""
     return {"trivia": [judge_agrees(reply, gold) for _, gold, reply in qa_rows],
             "choices": [reply == gold for _, _, gold, reply in mc_rows]}
+
+
+def answer_columns(replies: list[str]) -> str:
+    """The CSV columns `lmeval results` gives the answers REPLIES, cut_share to tokens_max (the
+    tokens/s after them depend on the clock), computed here: none cut, empty or too long, and
+    their tokens as the stand-in counts them (words)."""
+    tokens = sorted(len(reply.split()) for reply in replies)
+    stats = (0, 0, 0, 0, round(sum(tokens) / len(tokens), 1), statistics.median(tokens),
+             tokens[math.ceil(0.95 * len(tokens)) - 1], tokens[-1])
+    return ",".join(f"{value:g}" for value in stats)
+
+
+def replies_of(qa_rows: list[QaRow], mc_rows: list[McRow]) -> dict[str, list[str]]:
+    """What the stand-in answers each dataset's rows (write_scenario's key)."""
+    return {"trivia": [reply for _, _, reply in qa_rows],
+            "choices": [f"The answer is {reply}." for _, _, _, reply in mc_rows]}
 
 
 def standard_error(right: list[bool]) -> float:

@@ -491,7 +491,7 @@ def test_chat_infer_config(loaded):
     assert report["task_num_gpus"] == [0]
     assert report["dumped"]["infer"]["runner"]["max_num_workers"] == 1
     # OpenCompass's own runner: each task a new Python, never forked from the threaded runner.
-    assert report["dumped"]["infer"]["runner"]["type"] == "opencompass.runners.local.LocalRunner"
+    assert report["dumped"]["infer"]["runner"]["type"] == "opencompass.runners.LocalRunner"
     assert report["dumped"]["keys"] == ["datasets", "infer", "models", "work_dir"]
     built = report["built"]["models"][0]
     assert built["tokenizer_type"] == "hf" and built["tokenizer_path"] == str(loaded.tokenizer)
@@ -535,7 +535,7 @@ def test_chat_eval_config_wires_the_judge_into_judged_datasets_only(loaded):
     mmlu = next(group for group in summarizer["summary_groups"] if group["name"] == "mmlu_pro")
     assert mmlu["subsets"] == list(suites.SUITES["chat"][4].abbrs)
     assert report["dumped"]["eval"]["runner"]["max_num_workers"] == 4
-    assert report["dumped"]["eval"]["runner"]["type"] == "opencompass.runners.local.LocalRunner"
+    assert report["dumped"]["eval"]["runner"]["type"] == "opencompass.runners.LocalRunner"
 
 
 @pytest.mark.opencompass

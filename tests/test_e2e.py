@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from scenarios import MC_ROWS, QA_ROWS, make_scenario, row_outcomes, standard_error
+from scenarios import MC_ROWS, QA_ROWS, answer_columns, make_scenario, replies_of, row_outcomes, standard_error
 from toolkit import MODELS, REAL_LMDEPLOY, TOOLS, leftovers, shown_scores
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass]
@@ -68,8 +68,14 @@ def test_infer_then_judge_reuse_gives_the_same_scores(scenario, tmp_path, lmeval
     assert shown.poll() == 0, shown.transcript()
     errors = {name: f"{standard_error(right):.2f}" for name, right in row_outcomes(QA_ROWS[:5], MC_ROWS).items()}
     assert errors == {"trivia": "24.49", "choices": "20.00"}
-    assert shown.stdout.splitlines() == ["dataset,metric,demo-chat,stderr", f"trivia,accuracy,60.00,{errors['trivia']}",
-                                         f"choices,accuracy,80.00,{errors['choices']}"]
+    replies = replies_of(QA_ROWS[:5], MC_ROWS)
+    lines = shown.stdout.splitlines()
+    assert lines[0] == ("dataset,metric,demo-chat,stderr,cut_share,cut,empty,too_long,tokens_mean,tokens_median,"
+                        "tokens_p95,tokens_max,tokens_per_second")
+    assert [line.rsplit(",", 1)[0] for line in lines[1:]] == [
+        f"trivia,accuracy,60.00,{errors['trivia']},{answer_columns(replies['trivia'])}",
+        f"choices,accuracy,80.00,{errors['choices']},{answer_columns(replies['choices'])}"]
+    assert all(float(line.rsplit(",", 1)[1]) > 0 for line in lines[1:])  # tokens a second
 
 
 @pytest.mark.usefixtures("venvs")

@@ -23,7 +23,16 @@ from pathlib import Path
 
 import psutil
 import pytest
-from scenarios import JUDGE_BATCH, MC_ROWS, QA_ROWS, asked, chain_args, make_chain_scenario
+from scenarios import (
+    JUDGE_BATCH,
+    MC_ROWS,
+    QA_ROWS,
+    answer_columns,
+    asked,
+    chain_args,
+    make_chain_scenario,
+    replies_of,
+)
 from toolkit import (
     MODELS,
     TOOLS,
@@ -137,10 +146,14 @@ def test_resumed_run_ends_with_the_exact_scores_and_shows_invalid_judge_replies(
         outputs.JudgeReplies(12, 1)
     shown = chain.results_csv
     assert shown.poll() == 0, shown.transcript()
-    assert shown.stdout.splitlines() == [
-        "dataset,metric,demo-chat,stderr,invalid_judge_replies,judge_replies",
-        f"trivia,accuracy,{expected['trivia']},{scenario.errors['trivia']},1,12",
-        f"choices,accuracy,{expected['choices']},{scenario.errors['choices']},,",
+    # What the answers say: every answer joined to its line of the log, across the crash and resume.
+    replies = replies_of(QA_ROWS, MC_ROWS)
+    lines = shown.stdout.splitlines()
+    assert lines[0] == ("dataset,metric,demo-chat,stderr,invalid_judge_replies,judge_replies,cut_share,cut,empty,"
+                        "too_long,tokens_mean,tokens_median,tokens_p95,tokens_max,tokens_per_second")
+    assert [line.rsplit(",", 1)[0] for line in lines[1:]] == [
+        f"trivia,accuracy,{expected['trivia']},{scenario.errors['trivia']},1,12,{answer_columns(replies['trivia'])}",
+        f"choices,accuracy,{expected['choices']},{scenario.errors['choices']},,,{answer_columns(replies['choices'])}",
     ]
 
 

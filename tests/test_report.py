@@ -121,9 +121,12 @@ def trivia_outcome(reply: str, gold: str) -> str:
 
 
 def expected_trivia() -> list[dict]:
+    """Each trivia sample as the page holds it, with what the model's class logged of its answer:
+    it stopped, after as many tokens as the stand-in counts in its reply (words)."""
     return [one_answer(index, question, gold, {
         "prediction": reply, "outcome": trivia_outcome(reply, gold),
-        "judge_reply": {"invalid": INVALID_REPLY, "correct": "A", "incorrect": "B"}[trivia_outcome(reply, gold)]})
+        "judge_reply": {"invalid": INVALID_REPLY, "correct": "A", "incorrect": "B"}[trivia_outcome(reply, gold)],
+        "finish_reason": "stop", "tokens": len(reply.split())})
         for index, (question, gold, reply) in enumerate(QA_ROWS)]
 
 
@@ -176,13 +179,16 @@ def test_every_sample_is_in_the_page_with_its_outcome_and_judge_reply(chain, cha
     assert all(question in q["prompt"] for q, (question, *_) in zip(samples["choices"], MC_ROWS, strict=True))
     outcomes = [question["answers"][0]["outcome"] for question in expected_trivia()]
     cells = chain_cells(chain.scenario.expected)
+    # Under each score, the histogram of answer lengths: all far below the chain's limit, none cut.
+    lengths = "answer lengths, 0 to 64000 tokens; the dashed line: --max-out-len 64000, reached by 0 of {} answers"
     assert words(page.texts["dataset-1"]).startswith(
         f"trivia {len(QA_ROWS)} samples: {outcomes.count('correct')} correct, {outcomes.count('incorrect')} incorrect, "
-        f"{outcomes.count('invalid')} invalid accuracy {cells['trivia']} wrong only invalid judge replies only")
+        f"{outcomes.count('invalid')} invalid accuracy {cells['trivia']} {lengths.format(len(QA_ROWS))} wrong only "
+        "invalid judge replies only")
     right = sum(reply == gold for _, _, gold, reply in MC_ROWS)
     assert words(page.texts["dataset-2"]).startswith(
         f"choices {len(MC_ROWS)} samples: {right} correct, {len(MC_ROWS) - right} incorrect "
-        f"accuracy {cells['choices']} wrong only #")
+        f"accuracy {cells['choices']} {lengths.format(len(MC_ROWS))} wrong only #")
 
 
 @pytest.mark.processes

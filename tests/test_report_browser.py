@@ -23,8 +23,9 @@ from browser import headless_chromium
 from scenarios import INVALID_MARKER, MC_ROWS, QA_ROWS, judge_agrees
 from typer.testing import CliRunner
 
-from lmeval import outputs
+from lmeval import answers, outputs
 from lmeval.cli import app
+from lmeval.opencompass_plugin.lmeval_answers import key
 
 pytestmark = [pytest.mark.processes, pytest.mark.opencompass, pytest.mark.browser]
 
@@ -74,6 +75,28 @@ def long_page(chain, tmp_path_factory) -> str:
     results = outputs.results_file(run_dir, "demo-chat", "trivia")
     scored = json.loads(results.read_text())
     results.write_text(json.dumps({**scored, "details": scored["details"] * COPIES}))
+    return write_report(run_dir, work_dir, work_dir / "report.html").as_uri()
+
+
+CUT = (1, 4)  # trivia samples made cut at the limit in cut_page
+CUT_TOKENS = 64000
+
+
+@pytest.fixture(scope="module")
+def cut_page(chain, tmp_path_factory) -> str:
+    """The report of a copy of the chain's run whose answer log (written by the model's class as
+    it ran) says the trivia answers CUT reached the limit, as the server says it of a cut answer."""
+    work_dir = tmp_path_factory.mktemp("cut")
+    run_dir = work_dir / chain.run_dir.name
+    shutil.copytree(chain.run_dir, run_dir, symlinks=True)
+    predictions = json.loads(outputs.predictions_file(run_dir, "demo-chat", "trivia").read_text())
+    cut = {(key(predictions[str(index)]["origin_prompt"]), key(predictions[str(index)]["prediction"]))
+           for index in CUT}
+    log = answers.log_path(run_dir)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert cut <= {(line["prompt"], line["answer"]) for line in lines}, "the model's class logged every answer"
+    log.write_text("".join(json.dumps({**line, "finish_reason": "length", "completion_tokens": CUT_TOKENS}
+                                      if (line["prompt"], line["answer"]) in cut else line) + "\n" for line in lines))
     return write_report(run_dir, work_dir, work_dir / "report.html").as_uri()
 
 
@@ -203,7 +226,8 @@ def test_clicking_a_sample_shows_its_prompt_prediction_gold_and_judge_reply(driv
     question, gold, reply = QA_ROWS[index]
     sample_row(driver, "trivia", index).click()
     assert detail(driver, "trivia", index) == {"prompt": question, "prediction": reply, "gold": gold,
-                                               "judge_reply": judge_reply_of(reply, gold)}
+                                               "judge_reply": judge_reply_of(reply, gold), "finish_reason": "stop",
+                                               "tokens": str(len(reply.split()))}  # words: the stand-in's tokens
     sample_row(driver, "trivia", index).click()
     assert not section(driver, "trivia").find_elements(By.CSS_SELECTOR, "tr.detail")
 
@@ -225,6 +249,26 @@ def test_the_rows_are_rendered_a_page_at_a_time_as_the_user_scrolls(driver, long
     click(driver, "trivia", ".wrong-only")
     assert wait_for(driver, lambda d: count(d, "trivia"),
                     f"showing {min(PAGE_ROWS, wrong)} of {wrong} matching, {total} in all")
+
+
+def test_cut_only_leaves_the_answers_cut_at_the_limit_under_a_histogram_of_lengths(driver, cut_page):
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, cut_page)
+    figure = section(driver, "trivia").find_element(By.CSS_SELECTOR, "figure.histogram")
+    assert figure.find_element(By.TAG_NAME, "figcaption").text == (
+        f"answer lengths, 0 to {CUT_TOKENS} tokens; the dashed line: --max-out-len 64000, reached by {len(CUT)} of "
+        f"{len(TRIVIA)} answers")
+    assert figure.find_element(By.CSS_SELECTOR, "svg.lengths line.limit").get_dom_attribute("x1") == "399.0"  # the end
+    assert len(figure.find_elements(By.CSS_SELECTOR, "svg.lengths rect")) == 2  # the short answers, the cut ones
+    assert section(driver, "choices").find_elements(By.CSS_SELECTOR, ".cut-only") == []  # nothing cut there
+    click(driver, "trivia", ".cut-only")
+    assert wait_for(driver, lambda d: rows(d, "trivia"), [TRIVIA[index] for index in CUT])
+    sample_row(driver, "trivia", CUT[0]).click()
+    shown = detail(driver, "trivia", CUT[0])
+    assert (shown["finish_reason"], shown["tokens"]) == ("length", str(CUT_TOKENS))
+    click(driver, "trivia", ".cut-only")
+    assert wait_for(driver, lambda d: len(rows(d, "trivia")), len(TRIVIA))
 
 
 def test_the_page_logs_no_error_and_its_screenshot_is_a_png(driver, page, tmp_path):
@@ -302,7 +346,7 @@ def test_a_question_asked_n_times_opens_to_its_answers_and_each_answer_to_its_de
     section(driver, gpqa).find_element("css selector", 'tr.answer[data-run="0"]').click()
     opened = section(driver, gpqa).find_element("css selector", 'tr.answer[data-run="0"] + tr.detail')
     fields = [field.get_dom_attribute("data-field") for field in opened.find_elements("css selector", ".field")]
-    assert fields == ["prediction", "rule", "judge_reply"]
+    assert fields == ["prediction", "rule", "judge_reply", "finish_reason", "tokens"]
     assert opened.find_element("css selector", ".field.rule pre").text.startswith("missed: extracted nothing")
     assert opened.find_element("css selector", ".field.judge_reply pre").text == "A"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lmeval import outputs, stats
 from lmeval.exceptions import UsageError
-from lmeval.results import RunScores, run_scores, score_text
+from lmeval.results import RunScores, recorded_answers, run_scores, score_text
 from lmeval.samples import dataset_questions
 
 BOOTSTRAP_RESAMPLES = 10_000
@@ -62,6 +62,7 @@ class Row:
     scores: list[float | None]  # per run, in the order given
     errors: list[float | None]  # each score's standard error over questions
     differences: list[Difference]  # per run after the first
+    cut: list[float | None]  # per run, the share of its answers cut at --max-out-len (lmeval.answers)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class Comparison:
     runs: list[RunScores]
     rows: list[Row]
     not_compared: dict[str, list[str]]  # dataset some runs lack -> the runs that have it
+
+    @property
+    def cut_known(self) -> bool:
+        """Whether any run had answers cut at its limit: only then are the cut shares shown."""
+        return any(share for row in self.rows for share in row.cut)
 
 
 def main_scores(run: RunScores) -> dict[str, outputs.Score]:
@@ -154,8 +160,10 @@ def compare(work_dir: Path, run_ids: list[str]) -> Comparison:
     everywhere = dict.fromkeys(name for scores in per_run for name in scores)
     not_compared = {name: [run.folder.name for run, scores in zip(runs, per_run) if name in scores]
                     for name in everywhere if name not in shared}
+    answers = [recorded_answers(run.manifest) for run in runs]
     rows = [Row(name, per_run[0][name].metric, [scores[name].value for scores in per_run],
-                [scores[name].stderr for scores in per_run], [difference(runs[0], run, name) for run in runs[1:]])
+                [scores[name].stderr for scores in per_run], [difference(runs[0], run, name) for run in runs[1:]],
+                [counted[name].cut_share if name in counted else None for counted in answers])
             for name in shared]
     return Comparison(runs, rows, not_compared)
 
@@ -185,11 +193,17 @@ def notes(comparison: Comparison) -> list[str]:
 def headers(comparison: Comparison) -> list[str]:
     first = comparison.runs[0].folder.name
     return (["dataset", "metric"] + [f"{run.folder.name} {run.model}" for run in comparison.runs]
-            + [f"Δ {run.folder.name} vs {first}" for run in comparison.runs[1:]])
+            + [f"Δ {run.folder.name} vs {first}" for run in comparison.runs[1:]]
+            + [f"cut {run.folder.name}" for run in comparison.runs if comparison.cut_known])
 
 
-def cells(row: Row) -> list[str]:
-    return [row.dataset, row.metric, *map(score_text, row.scores, row.errors), *map(difference_text, row.differences)]
+def cut_text(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
+
+
+def cells(row: Row, cut_known: bool = False) -> list[str]:
+    return [row.dataset, row.metric, *map(score_text, row.scores, row.errors), *map(difference_text, row.differences),
+            *(map(cut_text, row.cut) if cut_known else [])]
 
 
 def print_comparison(app, comparison: Comparison, fmt: str = "table") -> None:
@@ -206,7 +220,7 @@ def print_comparison(app, comparison: Comparison, fmt: str = "table") -> None:
     for position, header in enumerate(headers(comparison)):
         table.add_column(header, justify="left" if position < 2 else "right")
     for row in comparison.rows:
-        table.add_row(*cells(row))
+        table.add_row(*cells(row, comparison.cut_known))
     app.out.print(table)
 
 
@@ -223,6 +237,7 @@ def as_json(comparison: Comparison) -> str:
                                               "significant": diff.significant, "questions": diff.questions,
                                               "no_interval_because": diff.why}
                             for run, diff in zip(runs[1:], row.differences)},
+            "cut_share": {run.folder.name: share for run, share in zip(runs, row.cut)},
         } for row in comparison.rows],
         "not_compared": comparison.not_compared,
     }, indent=2, ensure_ascii=False)
@@ -233,15 +248,16 @@ def as_csv(comparison: Comparison) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["dataset", "metric", "run_id", "model", "score", "stderr", "delta", "ci_low", "ci_high",
-                     "significant", "questions"])
+                     "significant", "questions", *(["cut_share"] if comparison.cut_known else [])])
     for row in comparison.rows:
-        for position, (run, value, error) in enumerate(zip(comparison.runs, row.scores, row.errors)):
+        for position, (run, value, error, share) in enumerate(zip(comparison.runs, row.scores, row.errors, row.cut)):
             diff = row.differences[position - 1] if position else None
             writer.writerow([row.dataset, row.metric, run.folder.name, run.model, score_text(value), _number(error),
                              *(("", "", "", "", "") if diff is None else (
                                  _number(diff.delta), _number(diff.low), _number(diff.high),
                                  "" if diff.significant is None else str(diff.significant).lower(),
-                                 diff.questions or ""))])
+                                 diff.questions or "")),
+                             *([] if not comparison.cut_known else ["" if share is None else f"{share:g}"])])
     return buffer.getvalue().rstrip("\n")
 
 
@@ -252,5 +268,5 @@ def _number(value: float | None) -> str:
 def as_markdown(comparison: Comparison) -> str:
     head = headers(comparison)
     lines = ["| " + " | ".join(head) + " |", "| --- | --- |" + " ---: |" * (len(head) - 2)]
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in comparison.rows]
+    lines += ["| " + " | ".join(cells(row, comparison.cut_known)) + " |" for row in comparison.rows]
     return "\n".join(lines)

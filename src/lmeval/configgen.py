@@ -107,6 +107,8 @@ def _model(plan: ConfigPlan, imports: _Imports) -> dict[str, Any]:
         ),
         run_cfg=dict(num_gpus=0),
         verbose=False,
+        # Each answer's finish reason, tokens, time and tries (lmeval_answers; read by lmeval.answers).
+        **({"answers_log": plan.answers_log} if plan.answers_log else {}),
     )
 
 

@@ -95,6 +95,8 @@ class ConfigPlan(BaseModel):
     only: tuple[str, ...] | None = None
     # Tasks forked from their OpenCompass process (LmevalLocalRunner), not each a new Python.
     forked_tasks: bool = False
+    # Where the model's class records what each answer says beyond its text (lmeval.answers).
+    answers_log: str | None = None
 
     @property
     def abbrs(self) -> list[str]:

@@ -82,6 +82,11 @@ class Ledger:
         self.manifest.restarts.append(record)
         self.save()
 
+    def answers_counted(self, stats: dict[str, dict]) -> None:
+        """What the answers say per summary row (lmeval.answers), once inference ended."""
+        self.manifest.answers = stats
+        self.save()
+
     def scored(self, scores: list) -> None:
         """The summary's rows (lmeval.outputs.Score), saved with the stage's outcome."""
         self.manifest.scores = [score.__dict__ for score in scores]

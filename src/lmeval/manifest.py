@@ -81,6 +81,11 @@ class Manifest(BaseModel):
     # Each judged summary row and the datasets whose judge replies are behind it
     # (suites.judged_rows), so `lmeval results` counts them as the run did.
     judge_rows: dict[str, list[str]] = {}
+    # A run made by `--reuse RUN --retry-truncated`: RUN, its --max-out-len, and per dataset the
+    # answers asked again (OpenCompass's indices).
+    derived_from: dict[str, Any] = {}
+    # Each summary row's answers counted (lmeval.answers.AnswerStats): cut, empty, too long, tokens.
+    answers: dict[str, dict[str, Any]] = {}
 
     def stage(self, name: str) -> StageRecord:
         return self.stages.setdefault(name, StageRecord())

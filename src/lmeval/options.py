@@ -22,6 +22,7 @@ class EvalOptions(BaseModel):
     work_dir: Path = Path(defaults.WORK_DIR)
     reuse: str | None = None
     redo: bool = False  # with reuse: move outputs of other settings aside instead of refusing
+    retry_truncated: bool = False  # with reuse: a new run, re-asking only the answers cut at the old limit
     # the target server
     gpus: str | None = None
     tp: int | None = None

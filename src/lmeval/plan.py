@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import __version__, configplan, datafiles, defaults, foreign, outputs, slurm, suites
+from lmeval import __version__, answers, configplan, datafiles, defaults, foreign, outputs, slurm, suites
 from lmeval.datasets import UserDataset
 from lmeval.exceptions import UsageError
 from lmeval.fleet import ServerSet, plan_server_set
@@ -61,6 +61,8 @@ class EvalPlan:
     # Set by `--reuse RUN --redo` when RUN was made with other settings: why its outputs are
     # moved aside before anything runs.
     redo_reason: str = ""
+    # Set by `--reuse RUN --retry-truncated`: RUN's folder, whose answers that finished this run keeps.
+    parent_dir: Path | None = None
 
     @property
     def abbrs(self) -> list[str]:
@@ -78,7 +80,8 @@ class EvalPlan:
         datasets inferred when others failed)."""
         return configplan.ConfigPlan(datasets=self.datasets, model_abbr=self.model_abbr, target=target,
                                      generation=self.generation, judge=judge,
-                                     only=None if abbrs is None else tuple(abbrs), forked_tasks=self.fork_server)
+                                     only=None if abbrs is None else tuple(abbrs), forked_tasks=self.fork_server,
+                                     answers_log=str(answers.log_path(self.run_dir)))
 
     def predictions_complete(self) -> bool:
         return not outputs.missing_predictions(self.run_dir, self.model_abbr, self.abbrs)
@@ -297,8 +300,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
             judge_set = _server_set(
                 "judge", options, options.judge_model, notify, gpus=options.judge_gpus, tp=options.judge_tp,
                 replicas=options.judge_replicas, port=options.judge_port,
-                server_args=with_default(options.judge_server_args, "--session-len", str(defaults.JUDGE_SESSION_LEN),
-                                         "--judge-server-args"),
+                server_args=judge_server_args(options.judge_server_args),
                 option_prefix="judge-", taken_gpus=frozenset(target_set.gpus) if target_set else frozenset(),
                 avoid_ports=avoid_ports | (target_set.ports if target_set else frozenset()),
                 placement=judge_placement)
@@ -314,13 +316,21 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
                  if server_set is not None and server_set.placement is not None]
     if submitted and not options.dry_run:
         slurm.check_shared(work_dir, {placement.partition for placement in submitted})
-    datasets, copies, redo_reason = inputs.datasets, (), ""
-    if options.reuse and not judge_only:
+    datasets, copies, redo_reason, parent_dir = inputs.datasets, (), "", None
+    if options.retry_truncated and (judge_only or not options.reuse or options.redo):
+        raise UsageError("--retry-truncated goes with lmeval run/infer --reuse RUN and a larger --max-out-len "
+                         "(not with --redo): it makes a new run from RUN")
+    if options.retry_truncated:
+        parent_dir, old_limit = _truncated_parent(options, work_dir, inputs)
+        datafiles.ensure_data(datasets, notify, options.dry_run)
+        run_dir, manifest, datasets, copies = _new_run(options, work_dir, inputs)
+        manifest.derived_from = {"run": parent_dir.name, "max_out_len": old_limit}
+    elif options.reuse and not judge_only:
         run_dir, manifest, datasets, copies, redo_reason = _reopened_run(options, work_dir, inputs, notify)
     elif not judge_only:
         datafiles.ensure_data(datasets, notify, options.dry_run)  # before a run folder is claimed
         run_dir, manifest, datasets, copies = _new_run(options, work_dir, inputs)
-    if options.reuse:
+    if options.reuse and not options.retry_truncated:
         datafiles.ensure_data(_needing_data(run_dir, inputs.model_abbr, datasets, stages), notify, options.dry_run)
     given_keys = [key.get_secret_value() for key in (target_key, judge_key) if key]
     manifest.command = redact_argv(sys.argv, given_keys)
@@ -333,7 +343,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         grace=options.grace, restarts=options.restarts, stall_timeout=options.stall_timeout, stream=options.stream,
         fork_server=options.fork_server,
         dry_run=options.dry_run, copies=copies,
-        redo_reason=redo_reason,
+        redo_reason=redo_reason, parent_dir=parent_dir,
     )
 
 
@@ -405,6 +415,17 @@ def _recorded_target(manifest: Manifest, inputs: _Inputs) -> configplan.ServedMo
         in_flight=1)
 
 
+def judge_server_args(given: str) -> str:
+    """The judge's LMDeploy flags: GIVEN, with `--session-len 65536` unless they set it (long
+    predictions fail at a judge with LMDeploy's default), and prefix caching on: every judge
+    prompt of a dataset starts with the same long instructions (LMDeploy has it off by default
+    and no flag to turn it off, so neither has lmeval)."""
+    args = with_default(given, "--session-len", str(defaults.JUDGE_SESSION_LEN), "--judge-server-args")
+    if "--enable-prefix-caching" in parse_server_args(args, "--judge-server-args"):
+        return args
+    return f"--enable-prefix-caching {args}"
+
+
 def with_default(server_args: str, flag: str, value: str, option: str) -> str:
     """SERVER_ARGS with `FLAG VALUE` added unless they set FLAG themselves."""
     if server_arg_value(parse_server_args(server_args, option), flag) is not None:
@@ -467,6 +488,25 @@ def _reopened_run(options: EvalOptions, work_dir: Path, inputs: _Inputs,
     # the redo replaces them all.
     copies = copies if redo_reason else tuple((src, dst) for src, dst in copies if not _same_file(src, dst))
     return run_dir, manifest, datasets, copies, redo_reason
+
+
+def _truncated_parent(options: EvalOptions, work_dir: Path, inputs: _Inputs) -> tuple[Path, int]:
+    """`--reuse RUN --retry-truncated`: RUN, checked to differ from these settings in a larger
+    --max-out-len only (else the answers it keeps would not be this run's), and its limit."""
+    run_dir, manifest = _existing_run(work_dir, options.reuse)
+    old = (manifest.fingerprint_inputs.get("generation") or {}).get("max_out_len")
+    new = inputs.generation.max_out_len
+    if old is None or new <= old:
+        raise UsageError(f"--retry-truncated asks RUN's cut answers again with a larger --max-out-len: run "
+                         f"{options.reuse} was inferred with {old}, give more than that (now {new})")
+    same = replace(inputs, generation=inputs.generation.model_copy(update={"max_out_len": old}))
+    if fingerprint_of(fingerprint_inputs(same.model, same.model_abbr, same.datasets, same.generation,
+                                         same.data)) != manifest.fingerprint:
+        change = describe_change(manifest.fingerprint_inputs, fingerprint_inputs(
+            same.model, same.model_abbr, same.datasets, same.generation, same.data))
+        raise UsageError(f"run {options.reuse} was inferred {change}; --retry-truncated keeps its answers, so "
+                         "only --max-out-len may differ: give the options it was made with")
+    return run_dir, old
 
 
 def _same_file(source: Path, copy: Path) -> bool:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
-from lmeval import __version__, outputs, stats
+from lmeval import __version__, answers, outputs, stats
 from lmeval.exceptions import UsageError
 from lmeval.files import write_private
 from lmeval.results import INVALID_COLUMN, STDERR_NOTE, invalid_text, judged_scores, read_manifest, score_text
@@ -40,6 +41,7 @@ class DatasetPart:
     questions: list[Question] | None  # None: no predictions (see missing)
     missing: str = ""
     group: str | None = None  # the summary row of the group it is one of (mmlu_pro)
+    said: dict[str, answers.Answer] | None = None  # by predictions index: what each answer's log line says
 
     @property
     def answers(self) -> list[Sample]:
@@ -73,12 +75,14 @@ def read_run(run_dir: Path) -> RunReport:
     if not groups:
         raise UsageError(f"the manifest of run {run_dir.name} names no datasets: nothing to report")
     parts = []
+    log = answers.read_log(run_dir)
     for group in groups:
         for name in group.datasets:
             path = outputs.predictions_file(run_dir, model, name)
             within = group.row if group.is_group else None
-            parts.append(DatasetPart(name, dataset_questions(run_dir, model, name), group=within) if path.is_file()
-                         else DatasetPart(name, None, f"no predictions yet ({path})", within))
+            said = {answer.index: answer for answer in answers.dataset_answers(run_dir, model, name, log)}
+            parts.append(DatasetPart(name, dataset_questions(run_dir, model, name), group=within, said=said)
+                         if path.is_file() else DatasetPart(name, None, f"no predictions yet ({path})", within))
     if all(part.questions is None for part in parts):
         raise UsageError(f"run {run_dir.name} has no predictions yet; infer them with "
                          f"`lmeval infer --reuse {run_dir.name}`")
@@ -213,12 +217,54 @@ def _dataset_score(part: DatasetPart, scores: dict[str, outputs.Score]) -> str:
 ANSWER_FIELDS = ("index", "run", "prediction", "reasoning", "outcome", "judge_reply", "rule", "checks")
 
 
-def _question_view(question: Question) -> dict[str, Any]:
-    """A question as the page's script reads it; an answer's fields it lacks are left out (the
-    page stays smaller)."""
+def _question_view(question: Question, said: dict[str, answers.Answer]) -> dict[str, Any]:
+    """A question as the page's script reads it, each answer with its finish reason and tokens
+    where its log line gives them (SAID); an answer's fields it lacks are left out (the page
+    stays smaller)."""
+    views = []
+    for answer in question.answers:
+        view = {field: getattr(answer, field) for field in ANSWER_FIELDS if getattr(answer, field) is not None}
+        line = said.get(str(answer.index))
+        if line is not None and line.finish_reason is not None:
+            view["finish_reason"] = line.finish_reason
+            if line.completion_tokens is not None:
+                view["tokens"] = line.completion_tokens
+        views.append(view)
     return {"index": question.index, "prompt": question.prompt, "gold": question.gold, "correct": question.correct,
-            "answers": [{field: getattr(answer, field) for field in ANSWER_FIELDS if getattr(answer, field) is not None}
-                        for answer in question.answers]}
+            "answers": views}
+
+
+HISTOGRAM_BINS = 20
+
+
+def length_histogram(part: DatasetPart) -> dict[str, Any] | None:
+    """The dataset's answer lengths (completion tokens) as an inline SVG bar chart from 0 to the
+    longest answer or --max-out-len (as the requests carried it), whichever is more, the limit a
+    dashed line; and its caption. None without token counts."""
+    said = [line for line in (part.said or {}).values() if line.completion_tokens is not None]
+    if not said:
+        return None
+    limit = max((line.max_out_len for line in said if line.max_out_len), default=None)
+    top = max([line.completion_tokens for line in said] + [limit or 0]) or 1
+    counts = Counter(min(HISTOGRAM_BINS - 1, line.completion_tokens * HISTOGRAM_BINS // top) for line in said)
+    width, height, bar = 400, 60, 400 / HISTOGRAM_BINS
+    tallest = max(counts.values())
+    shapes = []
+    for index, count in sorted(counts.items()):
+        tall = height * count / tallest
+        low, high = index * top // HISTOGRAM_BINS, (index + 1) * top // HISTOGRAM_BINS
+        shapes.append(f'<rect x="{index * bar:.1f}" y="{height - tall:.1f}" width="{bar - 1:.1f}" height="{tall:.1f}">'
+                      f"<title>{count} answers of {low}-{high} tokens</title></rect>")
+    if limit is not None:
+        x = min(width - 1, width * limit / top)
+        shapes.append(f'<line class="limit" x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height}"/>')
+    cut = sum(line.cut for line in said)
+    caption = f"answer lengths, 0 to {top} tokens" + ("" if limit is None else
+                                                        f"; the dashed line: --max-out-len {limit}, reached by {cut} of "
+                                                        f"{len(said)} answers")
+    svg = Markup(f'<svg class="lengths" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+                 f'aria-label="{caption}">{"".join(shapes)}</svg>')
+    return {"svg": svg, "caption": caption}
 
 
 def _blocks(report: RunReport) -> list[dict[str, Any]]:
@@ -233,7 +279,8 @@ def _blocks(report: RunReport) -> list[dict[str, Any]]:
         view = {"name": part.name, "anchor": f"dataset-{number}", "missing": part.missing, "tally": _tally(part),
                 "score": _dataset_score(part, scores), "answers": len(part.answers), "runs": part.runs,
                 "counts": [(outcome, counts[outcome]) for outcome in OUTCOMES if counts[outcome]],
-                "judged": any(answer.judge_reply is not None for answer in part.answers)}
+                "judged": any(answer.judge_reply is not None for answer in part.answers),
+                "cut": sum(line.cut for line in (part.said or {}).values()), "histogram": length_histogram(part)}
         if part.group is None:
             blocks.append({"group": None, "datasets": [view]})
         elif blocks and blocks[-1]["group"] == part.group:
@@ -280,7 +327,7 @@ def render_page(report: RunReport) -> str:
         blocks=blocks,
         anchors=_anchors(blocks),
         datasets=len(report.datasets),
-        samples={part.name: [_question_view(question) for question in part.questions]
+        samples={part.name: [_question_view(question, part.said or {}) for question in part.questions]
                  for part in report.datasets if part.questions is not None},
         page_rows=PAGE_ROWS,
     )

@@ -21,6 +21,7 @@ class RunRow:
     stages: dict[str, str]  # stage -> status as the manifest recorded it
     seconds: float | None
     scores: dict[str, float | None]  # dataset -> its main metric's value
+    cut: dict[str, float]  # dataset -> the share of its answers cut at --max-out-len, where recorded
 
 
 def lock_holder(run_dir: Path) -> str | None:
@@ -65,7 +66,8 @@ def read_row(run_dir: Path) -> RunRow:
         manifest = json.loads((run_dir / "lmeval.json").read_text())
         stages = {name: record.get("status", "?") for name, record in manifest.get("stages", {}).items()}
     except (OSError, ValueError, AttributeError):
-        return RunRow(run_dir.name, "?", [], "unreadable" if holder is None else f"working (pid {holder})", {}, None, {})
+        return RunRow(run_dir.name, "?", [], "unreadable" if holder is None else f"working (pid {holder})", {}, None, {},
+                      {})
     datasets = dataset_names(manifest)
     seconds = manifest.get("wall_seconds")
     if seconds is None:
@@ -73,8 +75,10 @@ def read_row(run_dir: Path) -> RunRow:
     scores = {}
     for score in manifest.get("scores", []):
         scores.setdefault(score.get("dataset", "?"), score.get("value"))  # the first metric is the main one
+    cut = {row: counted["cut_share"] for row, counted in (manifest.get("answers") or {}).items()
+           if isinstance(counted, dict) and counted.get("cut_share")}
     return RunRow(run_dir.name, manifest.get("model_abbr", "?"), datasets, _state(stages, holder), stages,
-                  seconds, scores)
+                  seconds, scores, cut)
 
 
 def list_runs(work_dir: Path) -> list[RunRow]:

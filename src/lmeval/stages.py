@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from lmeval import dryrun, outputs, verdicts
+from lmeval import answers, dryrun, outputs, suites, verdicts
 from lmeval.app import Application
 from lmeval.configplan import ServedModel
 from lmeval.endpoint import Endpoint
@@ -28,7 +28,7 @@ from lmeval.ocenv import venv_python
 from lmeval.ocrun import OpenCompassRun, Preflight, PreflightFailed
 from lmeval.options import EvalOptions
 from lmeval.plan import EvalPlan, make_plan
-from lmeval.results import print_scores
+from lmeval.results import print_scores, recorded_answers
 from lmeval.runs import move_aside
 from lmeval.stagerun import StageRunner
 from lmeval.stats import with_stderr
@@ -149,7 +149,19 @@ class Evaluation:
                           f"parse, or OpenCompass's tmp_ file is still there): moved to {aside}; inferring "
                           f"{'it' if len(cut) == 1 else 'them'} again from the answers saved so far")
         self.copy_inputs()
+        if plan.parent_dir is not None:
+            self.start_from_parent()
         self.ledger.save()
+
+    def start_from_parent(self) -> None:
+        """`--retry-truncated`: the answers of the parent run that finished are this run's too."""
+        plan, derived = self.plan, self.ledger.manifest.derived_from
+        retried = answers.seed_retry(plan.parent_dir, plan.run_dir, plan.model_abbr, plan.abbrs)
+        derived["retried"] = retried
+        count = sum(len(indices) for indices in retried.values())
+        self.app.info(f"run {plan.run_id} from run {derived['run']}: keeping its answers that finished under "
+                      f"--max-out-len {derived['max_out_len']}, asking the {count} it cut again with "
+                      f"{plan.generation.max_out_len}")
 
     def copy_inputs(self) -> None:
         """The user's dataset files into the run, each under a temporary name renamed into place:
@@ -235,7 +247,7 @@ class Evaluation:
         if judging and not self.shared:
             self.judge.stop()
         if any(score.value is not None for score in scores):
-            print_scores(self.app, plan.model_abbr, scores)
+            print_scores(self.app, plan.model_abbr, scores, answers=recorded_answers(self.ledger.manifest.model_dump()))
         failures = [failure for failure in (infer_failed, eval_failed) if failure]
         if failures:  # the datasets that worked are scored above
             raise StageFailed("; and ".join(failure.message for failure in failures),
@@ -255,6 +267,8 @@ class Evaluation:
             streamed = StreamedJudging(self, self.judge) if judge_early and plan.stream else None
             self.run_stage("infer", self.target, meanwhile=streamed.poll if streamed else lambda oc: None)
             infer_failed, self.scope = verdicts.inference(plan, self.runner, self.ledger)
+            self.ledger.answers_counted(answers.run_stats(plan.run_dir, plan.model_abbr,
+                                                          suites.summary_rows(plan.datasets)))
             self.ledger.stage_ended("infer", infer_failed.message if infer_failed else "", model=plan.model_abbr,
                                     datasets=plan.abbrs)
             self.target.stop()  # on a failure the group's exit stops it, after the servers started later

@@ -19,7 +19,7 @@ Implemented flags: --server-name, --server-port, --tp, --api-keys,
 --model-name (default MODEL_PATH), --max-batch-size (default 128; the real
 default depends on the GPU), --proxy-url, --backend, --role (only for the
 proxy registration body, with --backend pytorch), --allow-terminate-by-client
-(GET /terminate), --session-len and --log-level (parsed, no effect).
+(GET /terminate), --session-len (below) and --log-level (parsed, no effect).
 Unknown flags: argparse error, exit 2 (like the real parser).  Underscore
 spellings (``--server_port``) and dotted dict flags (``--hf-overrides.a.b 1``)
 are accepted like the real ``FlexibleArgumentParser``.
@@ -48,6 +48,13 @@ Environment variables (the real CLI has no such flags):
                              of "reply": the k-th prompt of this process that
                              matches it gets replies[k % len] (a question asked
                              n times then gets each reply n / len times).
+                             "tokens": N (or a list beside "replies") makes the
+                             answer N tokens long, as a reasoning model's is:
+                             "<think> thinking ... </think> REPLY" (a token is
+                             a whitespace-separated word, as `usage` counts
+                             them). An answer over the request's max_tokens is
+                             cut there, with finish_reason "length": its
+                             reply is then lost, as a cut answer's is.
   STANDIN_DEFAULT_REPLY      reply when nothing matches (default
                              "I don't know.").
   STANDIN_JUDGE_INVALID      comma-separated markers; in judge mode, if the
@@ -93,6 +100,11 @@ Environment variables (the real CLI has no such flags):
                              in-flight requests (default 30).
   STANDIN_REQUEST_LOG        path: the JSON body of every chat/completions
                              request is appended to it, one line each.
+
+--session-len N: as LMDeploy 0.18, a prompt of N tokens or more is refused
+with HTTP 400 (`Input length (P) must be smaller than the model context length
+(N).`, type invalid_request_error), and an answer is cut where prompt and
+answer reach N (finish_reason "length").
 
 Judge mode (automatic, checked before the answer key): if the last user
 message contains OpenCompass's grader markers
@@ -281,6 +293,27 @@ def extract_judge_fields(text: str) -> tuple[str, str] | None:
     return None
 
 
+def long_answer(reply: str, tokens: int) -> str:
+    """REPLY at the end of an answer of TOKENS tokens, the rest reasoning (none if it is longer)."""
+    thinking = tokens - 2 - count_tokens(reply)
+    return reply if thinking < 0 or not tokens else ' '.join(['<think>', *['thinking'] * thinking, '</think>', reply])
+
+
+def token_limit(max_tokens: int | None, session_len: int | None, prompt_tokens: int) -> int | None:
+    """Where an answer stops: at the request's max_tokens, or where prompt and answer fill the session."""
+    limits = [limit for limit in (max_tokens, None if session_len is None else session_len - prompt_tokens)
+              if limit is not None]
+    return min(limits) if limits else None
+
+
+def cut(answer: str, limit: int | None) -> tuple[str, str]:
+    """ANSWER as a server that stops at LIMIT tokens sends it, and its finish reason."""
+    words = answer.split()
+    if limit is not None and len(words) > limit:
+        return ' '.join(words[:limit]), 'length'
+    return answer, 'stop'
+
+
 def judge_reply(gold: str, predicted: str, invalid_markers: list[str]) -> str:
     if any(m and m in predicted for m in invalid_markers):
         return INVALID_JUDGE_REPLY
@@ -316,7 +349,10 @@ def load_answer_key(path: str | None) -> list[dict]:
         if not isinstance(entry, dict) or not isinstance(entry.get('match'), str):
             return False
         replies = entry.get('replies', [entry.get('reply')])
-        return isinstance(replies, list) and bool(replies) and all(isinstance(r, str) for r in replies)
+        tokens = entry.get('tokens', 0)
+        tokens = tokens if isinstance(tokens, list) else [tokens] * len(replies) if isinstance(replies, list) else []
+        return (isinstance(replies, list) and bool(replies) and all(isinstance(r, str) for r in replies)
+                and len(tokens) == len(replies) and all(isinstance(t, int) for t in tokens))
 
     if not isinstance(data, list) or not all(valid(e) for e in data):
         raise ValueError(f'{path}: the answer key must be a JSON list of '
@@ -346,7 +382,9 @@ class Answerer:
                 with self.lock:
                     turn = self.asked[index]
                     self.asked[index] += 1
-                return replies[turn % len(replies)], 'key', entry['match']
+                tokens = entry.get('tokens', 0)
+                tokens = tokens[turn % len(tokens)] if isinstance(tokens, list) else tokens
+                return long_answer(replies[turn % len(replies)], tokens), 'key', entry['match']
         return self.default_reply, 'default', None
 
 
@@ -1021,10 +1059,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         os.kill(os.getpid(), signal.SIGTERM)
 
     # -- generation -----------------------------------------------------------
-    def _run_prompt(self, text: str) -> str:
-        """Decide the reply, wait for a slot, 'generate'."""
+    def _run_prompt(self, text: str, limit: int | None) -> tuple[str, str]:
+        """Decide the reply (cut at LIMIT tokens), wait for a slot, 'generate'; the reply and
+        its finish reason."""
         app, st = self.app, self.app.stats
         reply, kind, match = app.answerer.answer(text)
+        reply, finish = cut(reply, limit)
         with st.lock:
             if kind == 'judge':
                 st.judge_requests += 1
@@ -1048,7 +1088,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             app.slots.release()
         with st.lock:
             st.intervals.append([start, end])
-        return reply
+        return reply, finish
 
     def _generate_tokens(self, tokens: int, seconds: float) -> None:
         """SECONDS of generation, its TOKENS counted as they come (lmdeploy:generation_tokens_total
@@ -1089,17 +1129,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
             prompt = req['prompt']
             prompts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
             prompt_tokens = [count_tokens(p) for p in prompts]
+        session_len = app.args.session_len
+        if session_len is not None and max(prompt_tokens) >= session_len:
+            raise ClientError(400, f'Input length ({max(prompt_tokens)}) must be smaller than the model context '
+                                   f'length ({session_len}).')
         with st.lock:
             st.requests += 1
             st.in_flight += 1
         try:
             app.hang_if_hung()
-            replies = [self._run_prompt(p) for p in prompts]
+            max_tokens = req.get('max_tokens') or req.get('max_completion_tokens')
+            limits = [token_limit(max_tokens, session_len, tokens) for tokens in prompt_tokens]
+            answers = [self._run_prompt(p, limit) for p, limit in zip(prompts, limits)]
+            replies, finishes = [reply for reply, _ in answers], [finish for _, finish in answers]
             created = int(time.time())
             if req.get('stream'):
-                self._send_stream(chat, req, replies, prompt_tokens, created)
+                self._send_stream(chat, req, replies, finishes, prompt_tokens, created)
             else:
-                self._send_json(200, self._full_response(chat, replies, prompt_tokens, created))
+                self._send_json(200, self._full_response(chat, replies, finishes, prompt_tokens, created))
             with st.lock:
                 st.answered += 1
         finally:
@@ -1113,7 +1160,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 'completion_tokens': completion_tokens,
                 'prompt_tokens_details': {'cached_tokens': 0}, 'completion_tokens_details': None}
 
-    def _full_response(self, chat, replies, prompt_tokens, created) -> dict:
+    def _full_response(self, chat, replies, finishes, prompt_tokens, created) -> dict:
         ptoks = sum(prompt_tokens)
         ctoks = sum(count_tokens(r) for r in replies)
         if chat:
@@ -1124,7 +1171,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     'index': 0,
                     'message': {'role': 'assistant', 'content': replies[0], 'reasoning_content': None,
                                 'tool_calls': None},
-                    'logprobs': None, 'output_token_logprobs': None, 'finish_reason': 'stop',
+                    'logprobs': None, 'output_token_logprobs': None, 'finish_reason': finishes[0],
                     'output_ids': None, 'routed_experts': None,
                 }],
                 'usage': self._usage(ptoks, ctoks), 'service_tier': None,
@@ -1132,21 +1179,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return {
             'id': f'cmpl-{uuid.uuid4().hex[:22]}', 'object': 'text_completion', 'created': created,
             'model': self.app.model_name,
-            'choices': [{'index': i, 'text': r, 'logprobs': None, 'finish_reason': 'stop'}
-                        for i, r in enumerate(replies)],
+            'choices': [{'index': i, 'text': r, 'logprobs': None, 'finish_reason': finish}
+                        for i, (r, finish) in enumerate(zip(replies, finishes))],
             'usage': self._usage(ptoks, ctoks),
         }
 
-    def _send_stream(self, chat, req, replies, prompt_tokens, created):
+    def _send_stream(self, chat, req, replies, finishes, prompt_tokens, created):
         include_usage = bool((req.get('stream_options') or {}).get('include_usage'))
         rid = f'chatcmpl-{uuid.uuid4().hex[:22]}' if chat else f'cmpl-{uuid.uuid4().hex[:22]}'
         obj = 'chat.completion.chunk' if chat else 'text_completion'
         base = {'id': rid, 'object': obj, 'created': created, 'model': self.app.model_name}
         events = []
-        for i, reply in enumerate(replies):
+        for i, (reply, finish) in enumerate(zip(replies, finishes)):
             if chat:
                 pieces = [({'role': 'assistant', 'content': reply}, None),
-                          ({'role': 'assistant', 'content': ''}, 'stop')]
+                          ({'role': 'assistant', 'content': ''}, finish)]
                 for delta, fin in pieces:
                     choice = {'index': 0, 'delta': delta}
                     if fin:
@@ -1156,7 +1203,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         ev['usage'] = None
                     events.append(ev)
             else:
-                for text, fin in ((reply, None), ('', 'stop')):
+                for text, fin in ((reply, None), ('', finish)):
                     choice = {'index': 0, 'text': text}
                     if fin:
                         choice['finish_reason'] = fin

@@ -39,6 +39,11 @@ Host = Annotated[str, typer.Option("--host", help="Address the servers listen on
 Reuse = Annotated[Optional[str], typer.Option("--reuse", help="Resume or reuse the run with this id (yyyymmdd_HHMMSS).")]
 Redo = Annotated[bool, typer.Option("--redo", help="With --reuse: if the run was made with another model, datasets or "
                                     "generation settings, move its outputs aside (into RUN/stale-<time>/) and infer again.")]
+RetryTruncated = Annotated[bool, typer.Option(
+    "--retry-truncated", help="With --reuse RUN and a --max-out-len above RUN's: a new run made from RUN, "
+    "keeping every answer that finished under the old limit and asking again only those it cut. Exact, not an "
+    "approximation: an answer that stopped before the old limit is distributed the same under any larger "
+    "limit, since a limit acts only on the answers that reach it.")]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="A data folder made by `lmeval data pull`: "
                                                "OpenCompass and the Hugging Face libraries read the suite from it, "
                                                "offline, once `lmeval data check` would pass for its datasets.")]

@@ -23,10 +23,10 @@ def command(
 
 
 def results(app, *, run: str, work_dir: Path, fmt: str) -> int:
-    from lmeval.results import FORMATS, print_scores, run_scores
+    from lmeval.results import FORMATS, print_scores, recorded_answers, run_scores
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     shown = run_scores(work_dir, run)
-    print_scores(app, shown.model, shown.scores, fmt)
+    print_scores(app, shown.model, shown.scores, fmt, recorded_answers(shown.manifest))
     return 0

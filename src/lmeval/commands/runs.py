@@ -44,6 +44,7 @@ def runs(app, *, work_dir: Path, fmt: str) -> int:
         table.add_row(row.run_id, row.model, ", ".join(row.datasets), row.state,
                       " ".join(f"{stage} {status}" for stage, status in row.stages.items()),
                       "-" if row.seconds is None else f"{row.seconds:.0f} s",
-                      ", ".join(f"{name} {score_text(value)}" for name, value in row.scores.items()))
+                      ", ".join(f"{name} {score_text(value)}" for name, value in row.scores.items())
+                      + "".join(f"\n{name}: {share:.0%} cut" for name, share in row.cut.items()))
     app.out.print(table)
     return 0

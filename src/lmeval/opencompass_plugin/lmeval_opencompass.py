@@ -22,6 +22,13 @@ node that died, whose health check has not yet dropped it) with HTTP 200 and a b
 `{"error_code": 10402, "text": ...}`. That is a failed request, raised as one (OpenAISDK then
 retries it), never an answer.
 
+For the model under test (`answers_log` set in the inference config) it keeps what OpenCompass
+drops: each prompt's finish reason, token counts, time and tries, one line in the run's answer log
+(lmeval_answers). And a prompt over the server's session length is answered once, empty, and
+recorded as `prompt too long`: LMDeploy 0.18 refuses it with HTTP 400, older servers answer it
+empty with finish reason `length`, and OpenAISDK would send it `retry` times, then fail the
+dataset. (The judge keeps OpenAISDK's way: a judge prompt too long fails its dataset loudly.)
+
 `LmevalIFEvaluator` is IFEval's evaluator with details that say which instruction an answer
 failed, for `lmeval report`.
 
@@ -38,17 +45,22 @@ import runpy
 import shlex
 import sys
 import threading
+import time
 import uuid
 from functools import partial
 
 import httpx
 import mmengine
+from openai import BadRequestError
+from openai.types.chat import ChatCompletion, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice
 from opencompass.datasets import IFEvaluator
 from opencompass.models import OpenAISDK
 from opencompass.registry import ICL_EVALUATORS, MODELS, RUNNERS
 from opencompass.runners import LocalRunner
 from opencompass.utils import get_logger
 
+from lmeval_answers import PROMPT_TOO_LONG, TOO_LONG_MESSAGE, AnswerLog
 from lmeval_fork import fork_child
 
 
@@ -58,8 +70,9 @@ class ProxyError(RuntimeError):
 
 @MODELS.register_module()
 class LmevalOpenAISDK(OpenAISDK):
-    def __init__(self, *args, http_client_cfg=None, **kwargs):
+    def __init__(self, *args, http_client_cfg=None, answers_log=None, **kwargs):
         self._clients = threading.local()  # OpenAISDK.__init__ already sets openai_client
+        self._answers = AnswerLog(answers_log) if answers_log else None
         http_client_cfg = {"verify": httpx.create_ssl_context(), **(http_client_cfg or {})}
         super().__init__(*args, http_client_cfg=http_client_cfg, **kwargs)
         gc.collect()
@@ -71,15 +84,47 @@ class LmevalOpenAISDK(OpenAISDK):
         create = completions.create
 
         def checked(*args, **kwargs):
-            response = create(*args, **kwargs)
+            asking = self._answers.asking if self._answers else None
+            if asking is not None:
+                asking.tries += 1
+            try:
+                response = create(*args, **kwargs)
+            except BadRequestError as error:
+                if asking is None or TOO_LONG_MESSAGE not in str(error):
+                    raise
+                asking.finish_reason = PROMPT_TOO_LONG
+                return self._empty_reply()
             code = getattr(response, "error_code", None)
             if code is not None:
                 raise ProxyError(f"LMDeploy's proxy answered error_code {code} "
                                  f"({getattr(response, 'text', '')!r}): the node it chose did not answer")
+            if asking is not None:
+                asking.replied(response)
+                if asking.finish_reason == "length" and not _said(response):
+                    asking.finish_reason = PROMPT_TOO_LONG  # an older server's way of refusing it
+                    response.choices[0].finish_reason = "stop"
             return response
 
         completions.create = checked
         return client
+
+    def _generate(self, input, max_out_len, temperature):
+        if self._answers is None:
+            return super()._generate(input, max_out_len, temperature)
+        self._answers.ask(max_out_len)
+        answer = None
+        try:
+            answer = super()._generate(input, max_out_len, temperature)
+            return answer
+        finally:
+            self._answers.write(input, answer)
+
+    def _empty_reply(self):
+        """An empty answer that stopped: OpenAISDK takes it as the answer, at once (it retries
+        any other empty reply, then fails the dataset)."""
+        message = ChatCompletionMessage(role="assistant", content="")
+        return ChatCompletion(id="lmeval-prompt-too-long", created=int(time.time()), model=self.path,
+                              object="chat.completion", choices=[Choice(finish_reason="stop", index=0, message=message)])
 
     @property
     def openai_client(self):
@@ -92,6 +137,12 @@ class LmevalOpenAISDK(OpenAISDK):
     @openai_client.setter
     def openai_client(self, client):
         self._clients.client = client
+
+
+def _said(response):
+    """Whether RESPONSE holds any text (content or reasoning)."""
+    message = response.choices[0].message if response.choices else None
+    return bool(getattr(message, "content", None) or getattr(message, "reasoning_content", None))
 
 
 @ICL_EVALUATORS.register_module()
