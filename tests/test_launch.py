@@ -27,6 +27,7 @@ from lmeval.launch import (
     server_argv,
     server_env,
 )
+from lmeval.plan import judge_server_args
 
 
 
@@ -65,6 +66,17 @@ def test_real_lmdeploy_parser_reads_our_argv(lmdeploy_python):
     assert parsed["proxy_url"] == "http://127.0.0.1:9000"
     assert parsed["max_batch_size"] == 256
     assert parsed["backend"] == "pytorch"
+
+
+@pytest.mark.lmdeploy
+def test_real_lmdeploy_parser_reads_the_judges_default_flags(lmdeploy_python):
+    """The judge's server gets prefix caching and a long session unless --judge-server-args say otherwise."""
+    extra = tuple(parse_server_args(judge_server_args("--max-batch-size 64")))
+    argv = server_argv("lmdeploy", spec(role="judge", extra_args=extra))
+    parsed = json.loads(subprocess.run([str(lmdeploy_python), str(REPO / "tests" / "lmdeploy_parse.py"), *argv[1:]],
+                                       capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    assert (parsed["enable_prefix_caching"], parsed["session_len"], parsed["max_batch_size"]) == (True, 65536, 64)
+    assert judge_server_args("--session-len 8192 --enable-prefix-caching") == "--session-len 8192 --enable-prefix-caching"
 
 
 @pytest.mark.lmdeploy

@@ -64,7 +64,7 @@ def test_keys_are_in_no_log_output_or_manifest(chain):
     assert holding and all(CONFIG_FILES.fullmatch(path) for path in holding), sorted(holding)
     manifest = read_json(chain.run_dir / "lmeval.json")
     ends = {"target": "--api-keys '***' --max-batch-size 2",
-            "judge": "--api-keys '***' --session-len 65536 --max-batch-size 2"}  # the judge's default first
+            "judge": "--api-keys '***' --enable-prefix-caching --session-len 65536 --max-batch-size 2"}  # its defaults first
     assert {role: record["command"][-len(ends[role]):] for role, record in manifest["servers"].items()} == ends
 
 

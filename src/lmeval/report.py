@@ -252,9 +252,7 @@ def length_histogram(part: DatasetPart) -> dict[str, Any] | None:
     shapes = []
     for index, count in sorted(counts.items()):
         tall = height * count / tallest
-        low, high = index * top // HISTOGRAM_BINS, (index + 1) * top // HISTOGRAM_BINS
-        shapes.append(f'<rect x="{index * bar:.1f}" y="{height - tall:.1f}" width="{bar - 1:.1f}" height="{tall:.1f}">'
-                      f"<title>{count} answers of {low}-{high} tokens</title></rect>")
+        shapes.append(f'<rect x="{index * bar:.1f}" y="{height - tall:.1f}" width="{bar - 1:.1f}" height="{tall:.1f}"/>')
     if limit is not None:
         x = min(width - 1, width * limit / top)
         shapes.append(f'<line class="limit" x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height}"/>')
