@@ -18,7 +18,7 @@ import json
 import math
 import shutil
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from lmeval import outputs
@@ -72,6 +72,10 @@ class Answer:
         return self.finish_reason == PROMPT_TOO_LONG
 
 
+# The fields of Answer a log line gives (index and empty come from the prediction).
+LOGGED = tuple(field.name for field in fields(Answer) if field.name not in ("index", "empty"))
+
+
 def dataset_answers(run_dir: Path, model: str, dataset: str,
                     log: dict[tuple[str, str], list[dict]]) -> list[Answer]:
     """DATASET's predictions in OpenCompass's order, each joined to its line of LOG (taken from
@@ -86,9 +90,7 @@ def dataset_answers(run_dir: Path, model: str, dataset: str,
         text = text if isinstance(text, str) else ""
         lines = log.get((key(entry.get("origin_prompt")), key(text)))
         record = lines.pop() if lines else {}
-        answers.append(Answer(index, not text.strip(), **{field: record.get(field) for field in (
-            "finish_reason", "completion_tokens", "prompt_tokens", "reasoning_tokens", "seconds", "tries",
-            "max_out_len")}))
+        answers.append(Answer(index, not text.strip(), **{field: record.get(field) for field in LOGGED}))
     return answers
 
 
