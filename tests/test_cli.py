@@ -154,7 +154,7 @@ def test_the_work_dirs_defaults_file_fills_in_what_the_command_line_leaves(model
                           "work_dir, gpus, tp, host, "
                           "server_args, judge_model, judge_gpus, judge_tp, judge_replicas, judge_server_args, launcher, "
                           "partition, judge_partition, slurm_args, ready_timeout, grace, restarts, stall_timeout, stream, "
-                          "fork_server, "
+                          "fork_server, log_to, log_group, "
                           "temperature, max_out_len, max_seq_len, top_p, top_k, repetition_penalty, extra_body"),
     ('judge_tp = "two"\n', "judge_tp: Input should be a valid integer, unable to parse string as an integer"),
     ('launcher = "k8s"\n', "launcher: Input should be 'local' or 'slurm'"),

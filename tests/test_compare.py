@@ -14,9 +14,9 @@ import math
 import re
 import statistics
 import xml.etree.ElementTree as ElementTree
-from collections import Counter
 
 import pytest
+from exact_stats import exact_interval
 from oc_files import Asked, write_judged, write_run
 from PIL import Image
 from typer.testing import CliRunner
@@ -44,41 +44,6 @@ def stderr_of(outcomes: list[float]) -> float:
 def outcomes(qa_rows, mc_rows) -> dict[str, list[int]]:
     return {"trivia": [int(judge_agrees(reply, gold)) for _, gold, reply in qa_rows],
             "choices": [int(reply == gold) for _, _, gold, reply in mc_rows]}
-
-
-def exact_interval(differences: list[int], confidence: float = 0.95) -> tuple[float, float]:
-    """The percentile interval of the bootstrap distribution of the mean of DIFFERENCES, exact:
-    every multinomial draw of the distinct values, weighted by its probability. The draw
-    probabilities at the two percentiles must be clear of them, or seeded resampling could
-    land on either side (the scenario would be a bad one)."""
-    n, counts = len(differences), Counter(differences)
-    values = sorted(counts)
-    distribution: Counter[float] = Counter()
-
-    def draws(left: int, slots: int):
-        if slots == 1:
-            yield (left,)
-            return
-        for first in range(left + 1):
-            for rest in draws(left - first, slots - 1):
-                yield (first, *rest)
-
-    for draw in draws(n, len(values)):
-        probability = math.factorial(n)
-        for value, k in zip(values, draw):
-            probability *= (counts[value] / n) ** k / math.factorial(k)
-        distribution[sum(value * k for value, k in zip(values, draw)) / n] += probability
-    tail = (1 - confidence) / 2
-    ends = []
-    for q in (tail, 1 - tail):
-        cumulative = 0.0
-        for mean in sorted(distribution):
-            below, cumulative = cumulative, cumulative + distribution[mean]
-            if cumulative >= q:
-                assert min(abs(below - q), abs(cumulative - q)) > 0.005, "a percentile sits on a step"
-                ends.append(100 * mean)
-                break
-    return ends[0], ends[1]
 
 
 @pytest.fixture(scope="module")

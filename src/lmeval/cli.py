@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmeval.commands import cleanup, compare, data, doctor, evaluate, job, report, results, runs, serve, setup, tasks
+from lmeval.commands import cleanup, compare, data, doctor, evaluate, job, log, report, results, runs, serve, setup, tasks
 
 app = typer.Typer(
     name="lmeval",
@@ -37,6 +37,7 @@ app.command("results")(results.command)
 app.command("runs")(runs.command)
 app.command("compare")(compare.command)
 app.command("report")(report.command)
+app.command("log")(log.command)
 app.command("tasks")(tasks.command)
 app.command("serve")(serve.command)
 app.command("cleanup")(cleanup.command)

@@ -54,6 +54,9 @@ class DefaultsFile(BaseModel):
     stall_timeout: float | None = None
     stream: bool | None = None
     fork_server: bool | None = None
+    # trackers the scores are logged to (--log-to), and the tracker run they extend (--log-group)
+    log_to: list[Literal["mlflow", "wandb"]] | None = None
+    log_group: str | None = None
     # generation
     temperature: float | None = None
     max_out_len: int | None = None

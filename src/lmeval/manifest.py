@@ -86,6 +86,10 @@ class Manifest(BaseModel):
     derived_from: dict[str, Any] = {}
     # Each summary row's answers counted (lmeval.answers.AnswerStats): cut, empty, too long, tokens.
     answers: dict[str, dict[str, Any]] = {}
+    # The training step of the checkpoint (lmeval.steps): --step, or read from its folder's name.
+    step: int | None = None
+    # Each time its scores were logged to a tracker (lmeval.tracking): to, run_id, url, step, at.
+    tracking: list[dict[str, Any]] = []
 
     def stage(self, name: str) -> StageRecord:
         return self.stages.setdefault(name, StageRecord())

@@ -66,6 +66,11 @@ class EvalOptions(BaseModel):
     stream: bool = True
     fork_server: bool = False
     dry_run: bool = False
+    # trackers (lmeval.tracking)
+    log_to: tuple[str, ...] = ()
+    step: int | None = None
+    log_run_id: str | None = None
+    log_group: str | None = None
 
     def target_key(self) -> SecretStr | None:
         """The key of --api-server: from --api-key (or LMEVAL_API_KEY), or --api-key-file."""

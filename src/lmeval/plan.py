@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lmeval import __version__, answers, configplan, datafiles, defaults, foreign, outputs, slurm, suites
+from lmeval import __version__, answers, configplan, datafiles, defaults, foreign, outputs, slurm, suites, tracking
 from lmeval.datasets import UserDataset
 from lmeval.exceptions import UsageError
 from lmeval.fleet import ServerSet, plan_server_set
@@ -21,6 +21,7 @@ from lmeval.manifest import MANIFEST_NAME, Manifest
 from lmeval.options import EvalOptions
 from lmeval.runs import claim_new_folder, prepare_work_dir, run_folder
 from lmeval.slurm_server import SlurmPlacement, parse_slurm_args
+from lmeval.steps import checkpoint_step
 from lmeval.tools import LMDEPLOY, OPENCOMPASS, find_executable, installed_version
 
 
@@ -63,6 +64,10 @@ class EvalPlan:
     redo_reason: str = ""
     # Set by `--reuse RUN --retry-truncated`: RUN's folder, whose answers that finished this run keeps.
     parent_dir: Path | None = None
+    # The trackers the scores go to once judged, and which tracker run (lmeval.tracking).
+    log_to: tuple[str, ...] = ()
+    log_run_id: str | None = None
+    log_group: str | None = None
 
     @property
     def abbrs(self) -> list[str]:
@@ -265,6 +270,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         raise UsageError(f"--restarts must be 0 or more; got {options.restarts}")
     if options.stall_timeout <= 0:
         raise UsageError(f"--stall-timeout must be above 0 seconds; got {options.stall_timeout:g}")
+    if options.log_to:
+        tracking.check_trackers(options.log_to)
     opencompass = find_executable(OPENCOMPASS, options.opencompass)
     target_key, judge_key = options.target_key(), options.judge_key()
     placement, judge_placement = _placements(options)
@@ -332,6 +339,8 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         run_dir, manifest, datasets, copies = _new_run(options, work_dir, inputs)
     if options.reuse and not options.retry_truncated:
         datafiles.ensure_data(_needing_data(run_dir, inputs.model_abbr, datasets, stages), notify, options.dry_run)
+    if options.step is not None or manifest.step is None:
+        manifest.step = options.step if options.step is not None else checkpoint_step(inputs.model)
     given_keys = [key.get_secret_value() for key in (target_key, judge_key) if key]
     manifest.command = redact_argv(sys.argv, given_keys)
     manifest.versions = {"lmeval": __version__, "opencompass": installed_version(opencompass, "opencompass"),
@@ -344,6 +353,7 @@ def make_plan(options: EvalOptions, stages: tuple[str, ...], notify=lambda text:
         fork_server=options.fork_server,
         dry_run=options.dry_run, copies=copies,
         redo_reason=redo_reason, parent_dir=parent_dir,
+        log_to=options.log_to, log_run_id=options.log_run_id, log_group=options.log_group,
     )
 
 

@@ -19,7 +19,7 @@ from lmeval import answers, dryrun, outputs, suites, verdicts
 from lmeval.app import Application
 from lmeval.configplan import ServedModel
 from lmeval.endpoint import Endpoint
-from lmeval.exceptions import ServerDied, StageFailed
+from lmeval.exceptions import ServerDied, StageFailed, UsageError
 from lmeval.forkserver import ForkServer
 from lmeval.launch import ServerGroup
 from lmeval.ledger import Ledger
@@ -308,4 +308,28 @@ class Evaluation:
 def evaluate(app: Application, options: EvalOptions, stages: tuple[str, ...]) -> int:
     """The body of `lmeval run`, `lmeval infer` and `lmeval judge`."""
     plan = make_plan(options, stages, notify=app.warn)
-    return Evaluation(app, plan).execute(stages)
+    try:
+        code = Evaluation(app, plan).execute(stages)
+    except StageFailed:  # the datasets that worked are scored, and logged
+        track(app, [plan])
+        raise
+    track(app, [plan])
+    return code
+
+
+def track(app: Application, plans: list[EvalPlan], name: str | None = None) -> None:
+    """Log the runs of PLANS that have scores to the trackers asked for (--log-to), as points of
+    one tracker run named NAME unless --log-run-id or --log-group name one (lmeval.tracking)."""
+    first = plans[0]
+    scored = [plan.run_id for plan in plans if plan.manifest.scores]
+    if not first.log_to or first.dry_run or not scored:
+        return
+    from lmeval import tracking
+
+    try:
+        points = tracking.make_points(first.work_dir, scored)
+    except UsageError as error:
+        app.warn(f"not logged: {error.message}")
+        return
+    destination = tracking.Destination(first.log_run_id, first.log_group)
+    tracking.log_runs(app, first.work_dir, points, first.log_to, destination, name=name)

@@ -29,7 +29,7 @@ from lmeval.gpus import parse_gpu_list
 from lmeval.launch import ServerGroup, check_model
 from lmeval.options import EvalOptions
 from lmeval.plan import EvalPlan, make_plan
-from lmeval.stages import Evaluation, judge_endpoint, opencompass_forks
+from lmeval.stages import Evaluation, judge_endpoint, opencompass_forks, track
 
 JOIN_SECONDS = 0.2
 
@@ -40,6 +40,8 @@ def check_models(options: list[EvalOptions]) -> None:
     for given, option in (("--name", first.name), ("--reuse", first.reuse), ("--api-server", first.api_server)):
         if option:
             raise UsageError(f"{given} goes with one model; evaluate the models one by one to use it")
+    if first.step is not None:
+        raise UsageError("--step goes with one model; a sweep reads each checkpoint's step from its folder's name")
     models = [option.model for option in options]
     twice = sorted({model for model in models if models.count(model) > 1})
     if twice:
@@ -208,6 +210,7 @@ def evaluate_models(app: Application, options: list[EvalOptions], stages: tuple[
         from lmeval.compare import compare, print_comparison
 
         print_comparison(app, compare(first.work_dir, [plan.run_id for plan in done]))
+    track(app, done, name=f"sweep {first.run_id}")
     if failed:
         command = "run" if "infer" in stages and "eval" in stages else "infer"
         listing = "; ".join(f"{plan.model_abbr} (run {plan.run_id}): `lmeval {command} {model} ... --reuse {plan.run_id}`"

@@ -36,6 +36,9 @@ from lmeval.commands.options import (
     Launcher,
     LauncherOption,
     Lmdeploy,
+    LogGroup,
+    LogRunId,
+    LogTo,
     MaxOutLen,
     MaxSeqLen,
     Name,
@@ -53,6 +56,7 @@ from lmeval.commands.options import (
     Reuse,
     ServerArgs,
     SlurmArgs,
+    Step,
     Task,
     Temperature,
     TopK,
@@ -75,7 +79,9 @@ def evaluate(ctx: typer.Context, stages: Stages, values: dict) -> None:
         config = values.pop("config")
         values["launcher"] = values["launcher"].value
         models = values.pop("models", None) or [None]  # `judge` names no model
-        merged, _ = defaults_file.apply(values, defaults_file.given_options(ctx), config)
+        given_options = defaults_file.given_options(ctx)
+        merged, _ = defaults_file.apply(values, given_options, config)
+        check_tracking(merged, given_options, stages)
         given = {key: value for key, value in merged.items() if value is not None}
         options = [EvalOptions(**given, **({"model": model} if model else {})) for model in models]
         if len(options) > 1:
@@ -85,6 +91,21 @@ def evaluate(ctx: typer.Context, stages: Stages, values: dict) -> None:
         return body(application, options[0], stages)
 
     ctx.obj.run(run)
+
+
+def check_tracking(values: dict, given: set[str], stages: Stages) -> None:
+    """The tracker options go with scores: refused where the command line gives them without,
+    left unused where lmeval.toml sets them for every command."""
+    from lmeval.exceptions import UsageError
+
+    if "eval" not in stages:
+        if "log_to" in given:
+            raise UsageError("--log-to logs scores, which `lmeval infer` does not make; give it to `lmeval judge "
+                             "--reuse RUN`, or log the run once judged with `lmeval log RUN --to TRACKER`")
+        values["log_to"] = None
+    for option in ("log_run_id", "log_group"):
+        if option in given and not values.get("log_to"):
+            raise UsageError(f"--{option.replace('_', '-')} names the tracker run of --log-to; give --log-to too")
 
 
 def _target_command(stages: Stages, doc: str):
@@ -143,11 +164,16 @@ def _target_command(stages: Stages, doc: str):
         stall_timeout: StallTimeout = defaults.STALL_TIMEOUT,
         stream: Stream = True,
         fork_server: ForkServer = False,
+        log_to: LogTo = None,
+        step: Step = None,
+        log_run_id: LogRunId = None,
+        log_group: LogGroup = None,
         dry_run: DryRun = False,
         config: ConfigFile = None,
     ) -> None:
         values = {key: value for key, value in locals().items() if key != "ctx"}
         values["dataset_files"] = tuple(dataset_files or ())
+        values["log_to"] = tuple(log_to) if log_to else None
         evaluate(ctx, stages, values)
 
     command.__doc__ = doc
@@ -185,9 +211,14 @@ def judge(
     restarts: Restarts = defaults.RESTARTS,
     stall_timeout: StallTimeout = defaults.STALL_TIMEOUT,
     fork_server: ForkServer = False,
+    log_to: LogTo = None,
+    step: Step = None,
+    log_run_id: LogRunId = None,
+    log_group: LogGroup = None,
     dry_run: DryRun = False,
     config: ConfigFile = None,
 ) -> None:
     """Judged evaluation of an earlier run's predictions."""
     values = {key: value for key, value in locals().items() if key != "ctx"}
+    values["log_to"] = tuple(log_to) if log_to else None
     evaluate(ctx, ("eval",), values)

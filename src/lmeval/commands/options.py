@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmeval import defaults
+from lmeval.steps import STEP_FORMS
 
 WorkDir = Annotated[Path, typer.Option("-w", "--work-dir", help="Folder holding the runs.")]
 Grace = Annotated[float, typer.Option("--grace", help="Seconds a server gets to exit after SIGTERM before it is killed.")]
@@ -115,5 +116,20 @@ JudgerKeyFile = Annotated[Optional[Path], typer.Option("--judger-key-file", help
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="A defaults file (TOML) for what a team sets "
                                                    "once; default: WORK_DIR/lmeval.toml if there is one. Options "
                                                    "given here win.")]
+
+# Trackers (lmeval.tracking)
+LogTo = Annotated[Optional[list[str]], typer.Option(
+    "--log-to", metavar="mlflow|wandb", help="Also log the scores to MLflow or Weights & Biases (repeatable), "
+    "configured by their usual variables (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME; WANDB_PROJECT, "
+    "WANDB_ENTITY, WANDB_MODE). Needs `pip install \"lmeval[mlflow]\"` or `\"lmeval[wandb]\"`. A tracker that "
+    "fails costs nothing: the warning gives the `lmeval log` line that retries it.")]
+Step = Annotated[Optional[int], typer.Option(
+    "--step", min=0, metavar="N", help=f"The checkpoint's training step, where its scores go on the curve "
+    f"(default: read from the model folder's name: {STEP_FORMS}).")]
+LogRunId = Annotated[Optional[str], typer.Option(
+    "--log-run-id", help="Log into this tracker run, e.g. the training run's own (MLflow run id, W&B run id).")]
+LogGroup = Annotated[Optional[str], typer.Option(
+    "--log-group", help="Log into the tracker run of this name, made on first use: every command naming it adds "
+    "its checkpoints to one curve (default: a new tracker run per command; a sweep's checkpoints share it).")]
 
 DEFAULT_WORK_DIR = Path(defaults.WORK_DIR)
