@@ -300,3 +300,21 @@ def test_a_tracker_that_refuses_costs_nothing_and_lmeval_log_retries(mlflow_serv
     assert metric_points(client, same.info.run_id)["lmeval/choices/accuracy"] == pytest.approx({
         400: expected_metrics("checkpoint-300")["lmeval/choices/accuracy"],
         500: expected_metrics("checkpoint-200")["lmeval/choices/accuracy"]})
+
+    # The training run's own tracker run (--log-run-id): lmeval's points join its loss, and it
+    # is left running; in W&B too (offline, the id given).
+    training = client.create_run(experiment.experiment_id, run_name="pretrain-7b")
+    client.log_metric(training.info.run_id, "train/loss", 2.5, step=500)
+    joined = lmeval_runner.run("log", later, "-w", str(work_dir), "--to", "mlflow", "--to", "wandb", "--log-run-id",
+                               training.info.run_id, env=lmeval_runner.env(
+                                   MLFLOW_TRACKING_URI=mlflow_server, WANDB_MODE="offline",
+                                   WANDB_DIR=str(tmp_path)), timeout=120)
+    assert joined.poll() == 0, joined.transcript()
+    run = client.get_run(training.info.run_id)
+    assert run.info.status == "RUNNING"
+    assert metric_points(client, run.info.run_id)["train/loss"] == {500: 2.5}
+    assert metric_points(client, run.info.run_id)["lmeval/trivia/accuracy"] == pytest.approx(
+        {500: expected_metrics("checkpoint-200")["lmeval/trivia/accuracy"]})
+    [offline] = offline_runs(tmp_path)
+    assert offline.run_id == training.info.run_id
+    assert [row["lmeval/step"] for row in offline.history] == [500]
