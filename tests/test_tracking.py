@@ -21,7 +21,7 @@ import pytest
 
 from exact_stats import exact_interval
 from lmeval.steps import checkpoint_step
-from lmeval.tracking import failure_reason, group_run_id, metric_key
+from lmeval.tracking import Point, failure_reason, group_run_id, metric_key, new_params
 from scenarios import MC_ROWS, QA_ROWS, judge_agrees, row_outcomes, standard_error, sweep_models
 from toolkit import MODELS, TOOLS, VENVS, shown_scores, wait_until
 from wandb_files import offline_runs
@@ -78,6 +78,19 @@ def test_metric_keys_and_failures_are_what_a_tracker_takes_and_a_user_reads():
     assert failure_reason(RuntimeError("permission denied for project x\nmore")) == "permission denied for project x"
     assert group_run_id("weekly evals") == group_run_id("weekly evals") != group_run_id("weekly evals 2")
     assert re.fullmatch(r"lmeval-weekly-evals-[0-9a-f]{8}", group_run_id("weekly evals"))
+
+
+def test_points_of_one_tracker_run_made_with_other_settings_are_said():
+    def point(run_id: str, temperature: str, version: str) -> Point:
+        return Point(run_id, Path(run_id), "/ckpt/m", 0, {"lmeval/temperature": temperature,
+                                                         "lmeval/version/lmeval": version}, {})
+
+    warnings: list[str] = []
+    added = new_params({"lmeval/temperature": "0.6"}, [point("r1", "0.6", "0.1.0"), point("r2", "0.0", "0.2.0")],
+                       warnings.append)
+    assert added == {"lmeval/version/lmeval": "0.1.0"}
+    assert warnings == ["run r2 was made with temperature 0.0, not 0.6: its point is not comparable with the others "
+                        "of the tracker run, whose params keep the first values"]
 
 
 def free_port() -> int:

@@ -177,7 +177,8 @@ def log_to_mlflow(points: list[Point], destination: Destination, name: str, warn
         run = client.get_run(destination.run_id)
     else:
         experiment = _mlflow_experiment(client)
-        found = client.search_runs([experiment], f"tags.`lmeval.group` = '{destination.group}'",
+        quote = "'" if "'" not in (destination.group or "") else '"'  # MLflow's filters take either
+        found = client.search_runs([experiment], f"tags.`lmeval.group` = {quote}{destination.group}{quote}",
                                    max_results=1) if destination.group else []
         made = not found
         run = found[0] if found else client.create_run(
