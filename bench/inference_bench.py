@@ -128,6 +128,7 @@ from opencompass.models import OpenAISDK
 
 for __model in models:
     __model.update(type=OpenAISDK, openai_api_base=%(base)r, key=%(key)r)
+    __model.pop('answers_log', None)  # lmeval's answer log: its class's own argument
 """
 
 
@@ -442,18 +443,24 @@ class Bench:
         work, records = self.work / label, self.work / "records" / label
         argv = self.lmeval_cmd("infer", work, "--dataset", str(dataset), "--gpus", "0",
                                "--server-args", f"--max-batch-size {slots}")
-        self.say(f"lmeval infer: {len(argv) and shlex.join(argv)}")
-        done = run_timed(argv, {**self.env(records, latency_seconds=scale, latency_dist=LATENCY_DIST), **(env or {})},
-                         ROOT, self.work / "logs" / f"{label}.log", a.verbose)
-        self.check(done, "lmeval infer")
+        if a.keep_runs and work.is_dir() and any((path / "lmeval.json").is_file() for path in work.iterdir()):
+            self.say(f"{label}: the finished run in {work}, read again (--keep-runs)")
+            wall = None
+        else:
+            self.say(f"lmeval infer: {len(argv) and shlex.join(argv)}")
+            done = run_timed(argv, {**self.env(records, latency_seconds=scale, latency_dist=LATENCY_DIST),
+                                    **(env or {})}, ROOT, self.work / "logs" / f"{label}.log", a.verbose)
+            self.check(done, "lmeval infer")
+            wall = done.wall
         run_dir = self.run_dir(work)
         manifest = json.loads((run_dir / "lmeval.json").read_text())
+        wall = wall if wall is not None else manifest["wall_seconds"]
         record = read_records(records)[MODEL.name]
         load = analyse_load(record["prompts"], slots, scale, prompts)
         target = manifest["servers"]["target"]
         stage = manifest["stages"]["infer"]
-        overhead = infer_only_overhead(done, manifest)
-        return {"load": load, "wall": done.wall, "opencompass": stage["opencompass_seconds"],
+        overhead = infer_only_overhead(wall, manifest)
+        return {"load": load, "wall": wall, "opencompass": stage["opencompass_seconds"],
                 "waited": target["waited_seconds"], "overhead": overhead, "run_dir": str(run_dir),
                 "readiness_lag": readiness_lag(target, record), "config": run_dir / "lmeval" / "infer_config.py"}
 
@@ -807,10 +814,10 @@ Bench.SECTIONS = {"inference": Bench.section_inference, "overhead": Bench.sectio
 # ============================================================================ overhead accounting
 
 
-def infer_only_overhead(done: Completed, manifest: dict) -> dict:
+def infer_only_overhead(wall: float, manifest: dict) -> dict:
     waited = manifest["servers"]["target"]["waited_seconds"]
     oc = manifest["stages"]["infer"]["opencompass_seconds"]
-    return {"wall": done.wall, "waited": waited, "opencompass": oc, "overhead": done.wall - waited - oc}
+    return {"wall": wall, "waited": waited, "opencompass": oc, "overhead": wall - waited - oc}
 
 
 def run_overheads(done: Completed, manifest: dict) -> dict[str, dict]:
@@ -885,6 +892,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gil-cpus", default="0,1", help="section gil: the CPUs OpenCompass runs on (default 0,1)")
     p.add_argument("--today", default=TODAY,
                    help=f"section gil: the git revision whose plugin is today's client (default {TODAY})")
+    p.add_argument("--keep-runs", action="store_true",
+                   help="with -w: read again each `lmeval infer` already finished there instead of running it "
+                        "(a table printed again after a later run failed)")
     p.add_argument("-w", "--work-dir", help="keep everything here (default: a new temporary folder)")
     p.add_argument("--json", help="also write the measurements to this file")
     p.add_argument("--lmeval", default=str(ROOT / ".venvs" / "lmeval" / "bin" / "lmeval"))

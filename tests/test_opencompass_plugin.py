@@ -22,38 +22,46 @@ from conftest import venv_python
 from toolkit import REPO
 from lmeval.ocenv import opencompass_env
 
-PROBE = r"""
-import gc, http.server, inspect, json, sys, threading, time
-import aiohttp
-from lmeval_opencompass import LmevalOpenAISDK  # as lmeval's configs import it
-from opencompass.models import OpenAISDK
-
-REPLY = json.dumps({"id": "1", "object": "chat.completion", "created": 0, "model": "demo-chat",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "Paris"}}]}).encode()
+# A chat server for the probes, answering REPLIES[path] (HTTP 200) after DELAY seconds; the probe
+# sets both. It notes each request's path and the client's address.
+SERVER = r"""
+import http.server, json, threading, time
+requests = []  # (path, the client's (address, port)) of each request read
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self):
         self.rfile.read(int(self.headers["content-length"]))
-        connections.add(self.client_address)
-        time.sleep(0.3)  # long enough for every asking thread to be in flight at once
+        requests.append((self.path, self.client_address))
+        time.sleep(DELAY)
+        body = json.dumps(REPLIES[self.path]).encode() + b"\n"
         self.send_response(200)
         self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(REPLY)))
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(REPLY)
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
+ANSWER = {"id": "1", "object": "chat.completion", "created": 0, "model": "demo-chat",
+          "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Paris"}}]}
+"""
+
+PROBE = SERVER + r"""
+import gc, inspect, sys
+import aiohttp
+from lmeval_opencompass import LmevalOpenAISDK  # as lmeval's configs import it
+from opencompass.models import OpenAISDK
+
+REPLIES = {"/v1/chat/completions": ANSWER}
+DELAY = 0.3  # long enough for every asking thread to be in flight at once
 model = LmevalOpenAISDK(path="demo-chat", key="sk-test", openai_api_base=f"http://127.0.0.1:{server.server_address[1]}/v1",
                         tokenizer_path=sys.argv[1], max_seq_len=4096, query_per_second=1000, retry=1)
 frozen = gc.get_freeze_count()
-connections = set()  # the client's (address, port) of each request the server read
 sent = []  # (the thread that sent it, its session)
 request = aiohttp.ClientSession._request
 
@@ -79,7 +87,7 @@ print(json.dumps({
     "answers": len(answers),
     "sending_threads": sorted({name for name, _ in sent}),
     "sessions": len({session for _, session in sent}),
-    "connections": len(connections),
+    "connections": len({client for _, client in requests}),
     "sends_through_openai_client": "self.openai_client.chat.completions.create" in inspect.getsource(OpenAISDK._generate),
 }))
 """
@@ -103,32 +111,14 @@ def test_one_event_loop_sends_every_request_through_one_session_reusing_its_conn
     assert report["frozen"] > 10_000  # torch and transformers objects, out of every collection
 
 
-DEAD_NODE_PROBE = r"""
-import http.server, json, sys, threading
+DEAD_NODE_PROBE = SERVER + r"""
+import sys
 from lmeval_opencompass import LmevalOpenAISDK
 
-replies = {"/dead/v1/chat/completions": {"error_code": 10402, "text": "Failed to get response after a period of time"},
-           "/alive/v1/chat/completions": {"id": "1", "object": "chat.completion", "created": 0, "model": "demo-chat",
-                                          "choices": [{"index": 0, "finish_reason": "stop",
-                                                       "message": {"role": "assistant", "content": "Paris"}}]}}
-sent = []
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers["content-length"]))
-        sent.append(self.path)
-        body = json.dumps(replies[self.path]).encode() + b"\n"
-        self.send_response(200)  # as LMDeploy's proxy answers for a dead node: HTTP 200
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-threading.Thread(target=server.serve_forever, daemon=True).start()
+# as LMDeploy's proxy answers for a dead node: HTTP 200
+REPLIES = {"/dead/v1/chat/completions": {"error_code": 10402, "text": "Failed to get response after a period of time"},
+           "/alive/v1/chat/completions": ANSWER}
+DELAY = 0
 outcome = {}
 for node in ("dead", "alive"):
     model = LmevalOpenAISDK(path="demo-chat", key="sk-test", openai_api_base=f"http://127.0.0.1:{server.server_address[1]}/{node}/v1",
@@ -137,7 +127,7 @@ for node in ("dead", "alive"):
         outcome[node] = model._generate("What is the capital of France?", 16, 0.0)
     except RuntimeError as error:
         outcome[node] = f"{type(error).__name__}: {error}"
-print(json.dumps({"outcome": outcome, "sent": sent}))
+print(json.dumps({"outcome": outcome, "sent": [path for path, _ in requests]}))
 """
 
 

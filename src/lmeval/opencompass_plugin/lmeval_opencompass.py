@@ -4,20 +4,21 @@ OpenCompass's PYTHONPATH and names the class in the configs it writes.
 `LmevalOpenAISDK` is OpenAISDK with two changes that keep every request slot of the server
 busy (both measured with bench/inference_bench.py on 2 cores):
 
-- Every request is sent and read by one asyncio event loop per task process, not by the
-  request thread that asks it. OpenCompass's concurrent task asks with one thread per request
-  in flight (1,536 at LMDeploy's default 1,024 slots); each such thread blocking on its own
+- Every request is sent and read by one asyncio event loop per task process (RequestLoop), not
+  by the request thread that asks it. OpenCompass's concurrent task asks with one thread per
+  request in flight (1,536 at LMDeploy's default 1,024 slots); a thread blocking on its own
   socket wakes when its answer arrives and queues for the GIL. When one thread holds the GIL a
   while (a full garbage collection, a slow C call), answers keep coming, and past about 1,000
-  queued threads on 2 cores each one waking every 5 ms (CPython's switch interval) takes the
-  CPU from the holder: a 15 s hold took 147 s, and about one `lmeval infer` of 16 stalled for
+  queued threads on 2 cores, each waking every 5 ms (CPython's switch interval), they take the
+  CPU from the holder: a 15 s hold took 147 s, and about one `lmeval infer` in 16 stalled for
   minutes. Here a request thread waits on a future, which costs no GIL: during a hold only the
-  loop's thread queues, and afterwards the loop hands answers to their threads a few dozen at a
-  time, as fast as it reads them (bench/inference_bench.py --sections gil).
-  Each request takes an idle client of its own from the loop's pool (one connection each):
-  one httpcore pool for all of them rescans every connection, twice per request, in time that
-  grows with the square of the idle ones, and the client fell to a third of the server's slots.
-  The clients share one TLS context: making one per client costs 30 ms.
+  loop's thread and OpenCompass's own few queue (about 13 on average against 230 for a thread
+  per socket, tests/test_gil_hold.py), and afterwards the loop hands answers to their threads
+  as fast as it reads them (bench/inference_bench.py --sections gil). One aiohttp session
+  holds the connections (one httpcore pool shared by all requests rescans every connection,
+  twice per request, in time that grows with the square of the idle ones, and the client fell
+  to a third of the server's slots), and a request costs 1.7-2 ms of CPU in all, against 3.4
+  ms with a thread per socket through the openai SDK.
 - The garbage collector is frozen once the model is built (after every import of the task
   process, before any request): otherwise each full collection walks torch's and transformers'
   objects too, 0.3-0.4 s with the GIL held.
