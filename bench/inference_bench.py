@@ -22,6 +22,12 @@ bench/recording_standin.py) and the real OpenCompass, and prints one side-by-sid
               (the model server stops before the judge starts): the wall time saved.
   replicas    throughput of `lmeval infer --replicas N`, N = 1, 2, 4, behind the real
               `lmdeploy serve proxy`, constant answer times (so the ideal is exact).
+  gil         (not in the default run) lmeval's client beside today's (the plugin of --today, from
+              git) at an H100's default batch size: --gil-prompts prompts on --gil-slots slots,
+              1.5x in flight, OpenCompass's processes pinned to --gil-cpus (bench/gil_site, a
+              sitecustomize on their PYTHONPATH, as `taskset`); --gil-repeats runs each, then one
+              each with a --gil-hold s GIL hold injected into the inference task: busy share, time
+              over a perfect client, and the hold's wall time.
   inflight    (not in the default run) lmeval's generated infer config, run by OpenCompass
               directly with the model's max_workers set to --inflight values. Shows what
               requests queued beyond the slots, and a garbage collector that does not stop every
@@ -43,6 +49,7 @@ Run it (about 9 minutes with the defaults on 2 CPU cores):
   .venvs/lmeval/bin/python bench/inference_bench.py --prompts 256 --scale 0.5   # smaller
   .venvs/lmeval/bin/python bench/inference_bench.py --sections inference        # one section
   .venvs/lmeval/bin/python bench/inference_bench.py --sections inflight --inflight 128,160
+  .venvs/lmeval/bin/python bench/inference_bench.py --sections gil      # about 15 minutes
 Only the Python standard library is used; lmeval, OpenCompass and the stand-in run as the
 executables they are (from .venvs/ unless --lmeval/--opencompass say otherwise).
 """
@@ -73,6 +80,7 @@ from typing import ClassVar
 ROOT = Path(__file__).resolve().parent.parent
 OPENCOMPASS_PLUGIN = ROOT / "src" / "lmeval" / "opencompass_plugin"  # what lmeval's configs import
 RECORDER = ROOT / "bench" / "recording_standin.py"
+GIL_SITE = ROOT / "bench" / "gil_site"  # sitecustomize: CPUs, today's plugin, a GIL hold (section gil)
 MODEL = ROOT / "examples" / "sample" / "models" / "demo-chat"
 JUDGE_MODEL = ROOT / "examples" / "sample" / "models" / "demo-judge"
 sys.path.insert(0, str(ROOT / "tests" / "standin"))
@@ -80,6 +88,7 @@ import standin_server  # noqa: E402 - the stand-in's own latency model: answer_s
 
 PROMPT_ID = re.compile(r"\[q(\d+)\]")
 LATENCY_DIST = "heavy"
+TODAY = "6f146e1"  # the last commit whose client asks with one thread per request, each on its own socket
 RUN_TIMEOUT = 1200.0  # seconds any one command may take before the bench gives up on it
 
 # LMDeploy's template (InternLM/lmdeploy eval/config.py): the settings that shape the load.
@@ -119,6 +128,7 @@ from opencompass.models import OpenAISDK
 
 for __model in models:
     __model.update(type=OpenAISDK, openai_api_base=%(base)r, key=%(key)r)
+    __model.pop('answers_log', None)  # lmeval's answer log: its class's own argument
 """
 
 
@@ -423,23 +433,34 @@ class Bench:
 
     # ---------------------------------------------------------------- inference: lmeval
 
-    def run_lmeval_infer(self, dataset: Path, label: str = "lmeval_infer") -> dict:
+    def run_lmeval_infer(self, dataset: Path, label: str = "lmeval_infer", slots: int | None = None,
+                         prompts: int | None = None, scale: float | None = None,
+                         env: dict[str, str] | None = None) -> dict:
+        """`lmeval infer` of DATASET (PROMPTS rows, default --prompts) on a stand-in of SLOTS slots
+        (default --slots) answering at SCALE (default --scale), with ENV added to its environment."""
         a = self.args
+        slots, prompts, scale = slots or a.slots, prompts or a.prompts, scale or a.scale
         work, records = self.work / label, self.work / "records" / label
         argv = self.lmeval_cmd("infer", work, "--dataset", str(dataset), "--gpus", "0",
-                               "--server-args", f"--max-batch-size {a.slots}")
-        self.say(f"lmeval infer: {len(argv) and shlex.join(argv)}")
-        done = run_timed(argv, self.env(records, latency_seconds=a.scale, latency_dist=LATENCY_DIST),
-                         ROOT, self.work / "logs" / f"{label}.log", a.verbose)
-        self.check(done, "lmeval infer")
+                               "--server-args", f"--max-batch-size {slots}")
+        if a.keep_runs and work.is_dir() and any((path / "lmeval.json").is_file() for path in work.iterdir()):
+            self.say(f"{label}: the finished run in {work}, read again (--keep-runs)")
+            wall = None
+        else:
+            self.say(f"lmeval infer: {len(argv) and shlex.join(argv)}")
+            done = run_timed(argv, {**self.env(records, latency_seconds=scale, latency_dist=LATENCY_DIST),
+                                    **(env or {})}, ROOT, self.work / "logs" / f"{label}.log", a.verbose)
+            self.check(done, "lmeval infer")
+            wall = done.wall
         run_dir = self.run_dir(work)
         manifest = json.loads((run_dir / "lmeval.json").read_text())
+        wall = wall if wall is not None else manifest["wall_seconds"]
         record = read_records(records)[MODEL.name]
-        load = analyse_load(record["prompts"], a.slots, a.scale, a.prompts)
+        load = analyse_load(record["prompts"], slots, scale, prompts)
         target = manifest["servers"]["target"]
         stage = manifest["stages"]["infer"]
-        overhead = infer_only_overhead(done, manifest)
-        return {"load": load, "wall": done.wall, "opencompass": stage["opencompass_seconds"],
+        overhead = infer_only_overhead(wall, manifest)
+        return {"load": load, "wall": wall, "opencompass": stage["opencompass_seconds"],
                 "waited": target["waited_seconds"], "overhead": overhead, "run_dir": str(run_dir),
                 "readiness_lag": readiness_lag(target, record), "config": run_dir / "lmeval" / "infer_config.py"}
 
@@ -529,7 +550,7 @@ class Bench:
                   f"least busy run. Target (>= 95% busy, <= 1.10x perfect) in every run: "
                   f"{'PASS' if all(passed) else f'FAIL ({passed.count(False)} of {a.repeats} runs missed it)'}."),
                  ("Stock OpenAISDK: lmeval's generated config with OpenCompass's own `OpenAISDK` in place of "
-                  "lmeval's `LmevalOpenAISDK` (per-thread HTTP clients, frozen garbage collector)."),
+                  "lmeval's `LmevalOpenAISDK` (requests through one event loop, frozen garbage collector)."),
                  ("The template's load depends on the CPU count: each of its 8 task processes sends batches "
                   "of 32 through OpenAISDK's default thread pool, min(32, 2 x (CPUs + 5)) threads "
                   f"({min(32, 2 * ((os.cpu_count() or 1) + 5))} here), at most 10 requests/s.")]
@@ -577,6 +598,97 @@ class Bench:
         return [Section(title,
                         ["max_workers", "busy while prompts remain", "inference time", "/ perfect",
                          "most in slots", "out of order (mean / max)", "OpenCompass wall"], rows, notes)]
+
+    # ---------------------------------------------------------------- gil: an H100's batch size, 2 CPUs
+
+    def today_plugin(self) -> Path:
+        """lmeval's OpenCompass plugin as of --today (git), for BENCH_PLUGIN: today's client."""
+        folder = self.work / "today_plugin"
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", self.args.today,
+                                      str(OPENCOMPASS_PLUGIN.relative_to(ROOT))], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+        return folder / OPENCOMPASS_PLUGIN.relative_to(ROOT)
+
+    def run_gil(self, dataset: Path, client: str, number: int, hold: float = 0.0) -> dict:
+        """`lmeval infer` at --gil-slots with the OpenCompass processes on --gil-cpus (bench/gil_site),
+        CLIENT 'lmeval' (this tree's) or 'today' (--today's), HOLD seconds of GIL held once in the
+        inference task."""
+        a = self.args
+        label = f"gil_{client}_{'hold' if hold else 'run'}_{number}"
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(GIL_SITE), self.base_env.get("PYTHONPATH")])),
+               "BENCH_CPUS": a.gil_cpus}
+        if client == "today":
+            env["BENCH_PLUGIN"] = str(self.today_plugin())
+        hold_log = self.work / "logs" / f"{label}_hold.jsonl"
+        if hold:
+            env.update(BENCH_HOLD_SECONDS=str(hold), BENCH_HOLD_LOG=str(hold_log),
+                       BENCH_HOLD_THREADS=str(int(a.gil_slots * 0.9)))
+        run = self.run_lmeval_infer(dataset, label, slots=a.gil_slots, prompts=a.gil_prompts, scale=a.gil_scale,
+                                    env=env)
+        if hold:
+            holds = [json.loads(line) for line in hold_log.read_text().splitlines()] if hold_log.exists() else []
+            if len(holds) != 1:
+                raise SystemExit(f"bench: {label}: expected one GIL hold in the inference task, saw {len(holds)}")
+            run["hold"] = holds[0]
+        self.say(f"{label}: {fmt_load(run['load'])}" + (f"; hold {run['hold']}" if hold else ""))
+        return run
+
+    def section_gil(self) -> list[Section]:
+        """lmeval's client beside today's at an H100's default batch size (1024 slots, 1.5x in
+        flight), the OpenCompass processes pinned to 2 CPUs; --gil-repeats runs each, interleaved,
+        then one each with a GIL hold of --gil-hold s injected into the inference task."""
+        a = self.args
+        dataset = self.mc_dataset(a.gil_prompts, "bench_gil")
+        clients = ("lmeval", "today")
+        runs: dict[str, list[dict]] = {client: [] for client in clients}
+        for number in range(1, a.gil_repeats + 1):
+            for client in clients:
+                runs[client].append(self.run_gil(dataset, client, number))
+        held = {client: self.run_gil(dataset, client, 1, hold=a.gil_hold) for client in clients}
+        self.results["gil"] = {client: {"runs": [as_record(run) for run in runs[client]],
+                                        "hold": as_record(held[client])} for client in clients}
+        least = {client: min(runs[client], key=lambda run: run["load"].utilisation) for client in clients}
+        slowest = {client: max(runs[client], key=lambda run: run["load"].ratio) for client in clients}
+        perfect = least["lmeval"]["load"]
+        rows = [
+            ["server busy while prompts remain (least busy run)",
+             *(pct(least[c]["load"].utilisation) for c in clients), "100.0%"],
+            ["inference time (slowest run)", *(secs(slowest[c]["load"].inference_seconds) for c in clients),
+             secs(perfect.perfect_seconds)],
+            ["inference time / perfect client (slowest run)", *(f"{slowest[c]['load'].ratio:.2f}x" for c in clients),
+             "1.00x"],
+            ["most prompts in slots at once (least busy run)", *(str(least[c]["load"].peak_concurrent) for c in clients),
+             str(a.gil_slots)],
+            ["OpenCompass wall, start-up included (least busy run)",
+             *(secs(least[c]["opencompass"]) for c in clients), "-"],
+            [f"a {a.gil_hold:g} s GIL hold: its wall time", *(secs(held[c]["hold"]["wall_seconds"]) for c in clients),
+             secs(a.gil_hold)],
+            ["  its CPU time", *(secs(held[c]["hold"]["cpu_seconds"]) for c in clients), secs(a.gil_hold)],
+            ["  threads queued for the GIL meanwhile (mean)", *(f"{held[c]['hold']['gil_waiters']:.0f}" for c in clients),
+             "0"],
+            ["  load average (1 min) just after it", *(f"{held[c]['hold']['load_average_1m']:.0f}" for c in clients),
+             "-"],
+            ["  the run's inference time / perfect client", *(f"{held[c]['load'].ratio:.2f}x" for c in clients),
+             f"{(perfect.perfect_seconds + a.gil_hold) / perfect.perfect_seconds:.2f}x"],
+        ]
+        every = {c: ", ".join(f"{pct(r['load'].utilisation)} / {r['load'].ratio:.3f}x" for r in runs[c])
+                 for c in clients}
+        met = all(r["load"].utilisation >= 0.95 and r["load"].ratio <= 1.10 for r in runs["lmeval"])
+        notes = [f"{a.gil_prompts} prompts, {a.gil_slots}-slot stand-in (LMDeploy's default --max-batch-size on "
+                 f"H100/H200), heavy-tailed answer times (scale {a.gil_scale:g} s: what 2 CPUs can send), "
+                 f"{int(a.gil_slots * 1.5)} requests "
+                 f"in flight; OpenCompass's processes pinned to CPUs {a.gil_cpus} (bench/gil_site, as `taskset`). "
+                 f"Today's client: lmeval's plugin as of {a.today} (one request thread each on its own socket).",
+                 f"Each ran {a.gil_repeats} times, interleaved (busy / time over perfect): lmeval {every['lmeval']}; "
+                 f"today's {every['today']}. Target (>= 95% busy, <= 1.10x perfect in every run): "
+                 f"{'PASS' if met else 'FAIL'}.",
+                 f"The hold: one C call holding the GIL for {a.gil_hold:g} s of CPU, injected into the inference task "
+                 f"{a.gil_slots * 9 // 10}+ threads in; perfect with the hold: the server idle for the hold's "
+                 "length. Target: the hold's wall time at most ~20 s."]
+        return [Section(f"An H100's batch size on 2 CPUs: {a.gil_slots} slots, {a.gil_prompts} prompts",
+                        ["", "lmeval", "today's client", "perfect client"], rows, notes)]
 
     # ---------------------------------------------------------------- overhead and overlap
 
@@ -696,16 +808,16 @@ class Bench:
 
 
 Bench.SECTIONS = {"inference": Bench.section_inference, "overhead": Bench.section_overhead,
-                  "replicas": Bench.section_replicas, "inflight": Bench.section_inflight}
+                  "replicas": Bench.section_replicas, "inflight": Bench.section_inflight, "gil": Bench.section_gil}
 
 
 # ============================================================================ overhead accounting
 
 
-def infer_only_overhead(done: Completed, manifest: dict) -> dict:
+def infer_only_overhead(wall: float, manifest: dict) -> dict:
     waited = manifest["servers"]["target"]["waited_seconds"]
     oc = manifest["stages"]["infer"]["opencompass_seconds"]
-    return {"wall": done.wall, "waited": waited, "opencompass": oc, "overhead": done.wall - waited - oc}
+    return {"wall": wall, "waited": waited, "opencompass": oc, "overhead": wall - waited - oc}
 
 
 def run_overheads(done: Completed, manifest: dict) -> dict[str, dict]:
@@ -770,6 +882,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inflight", default="",
                    help="section inflight: comma-separated max_workers values (default: 1, 1.125, 1.25, 1.5 "
                         "and 2 times --slots)")
+    p.add_argument("--gil-slots", type=int, default=1024, help="section gil: the stand-in's slots (default 1024)")
+    p.add_argument("--gil-prompts", type=int, default=8192, help="section gil: prompts (default 8192)")
+    p.add_argument("--gil-scale", type=float, default=4.0,
+                   help="section gil: mean answer time in seconds (default 4: 256 answers/s at 1024 slots)")
+    p.add_argument("--gil-repeats", type=int, default=3, help="section gil: runs of each client (default 3)")
+    p.add_argument("--gil-hold", type=float, default=15.0,
+                   help="section gil: seconds of GIL held once in the inference task (default 15)")
+    p.add_argument("--gil-cpus", default="0,1", help="section gil: the CPUs OpenCompass runs on (default 0,1)")
+    p.add_argument("--today", default=TODAY,
+                   help=f"section gil: the git revision whose plugin is today's client (default {TODAY})")
+    p.add_argument("--keep-runs", action="store_true",
+                   help="with -w: read again each `lmeval infer` already finished there instead of running it "
+                        "(a table printed again after a later run failed)")
     p.add_argument("-w", "--work-dir", help="keep everything here (default: a new temporary folder)")
     p.add_argument("--json", help="also write the measurements to this file")
     p.add_argument("--lmeval", default=str(ROOT / ".venvs" / "lmeval" / "bin" / "lmeval"))

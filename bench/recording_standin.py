@@ -64,11 +64,11 @@ def install(recorder: Recorder) -> None:
     """Wrap the stand-in's prompt handling, bind and interval list; its logic stays its own."""
     run_prompt = ss.Handler._run_prompt
 
-    def _run_prompt(self, text):
+    def _run_prompt(self, text, *args, **kwargs):
         _local.text = text
         _local.arrived = time.time()
         try:
-            return run_prompt(self, text)
+            return run_prompt(self, text, *args, **kwargs)
         finally:
             _local.text = None
 

@@ -1,11 +1,12 @@
 """lmeval's OpenCompass model class (src/lmeval/opencompass_plugin), built by the installed
 OpenCompass in its own venv, as lmeval's configs have OpenCompass build it.
 
-What it promises the benchmark numbers rest on: each request thread sends through its own HTTP
-client (one shared httpcore pool stalls the client, bench/inference_bench.py), the clients share
-one TLS context (making one per client took 30 ms each), OpenAISDK really sends through
-`openai_client` (else the per-thread clients would silently be bypassed by an OpenCompass
-upgrade), and the garbage collector is frozen once the model is built. And of the runner: each
+What it promises the benchmark numbers rest on: every request is sent by one event loop thread
+(request threads each on their own socket pile up at the GIL, bench/inference_bench.py
+--sections gil) through one aiohttp session, which keeps as many connections as were in flight
+at once and reuses them, OpenAISDK really sends through `openai_client` (else the loop would
+silently be bypassed by an OpenCompass upgrade), and the garbage collector is frozen once the
+model is built. And of the runner: each
 task is forked from OpenCompass's process with its own log, params file and exit code.
 """
 
@@ -21,31 +22,72 @@ from conftest import venv_python
 from toolkit import REPO
 from lmeval.ocenv import opencompass_env
 
-PROBE = r"""
-import gc, inspect, json, sys, threading
+# A chat server for the probes, answering REPLIES[path] (HTTP 200) after DELAY seconds; the probe
+# sets both. It notes each request's path and the client's address.
+SERVER = r"""
+import http.server, json, threading, time
+requests = []  # (path, the client's (address, port)) of each request read
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        requests.append((self.path, self.client_address))
+        time.sleep(DELAY)
+        body = json.dumps(REPLIES[self.path]).encode() + b"\n"
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+ANSWER = {"id": "1", "object": "chat.completion", "created": 0, "model": "demo-chat",
+          "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Paris"}}]}
+"""
+
+PROBE = SERVER + r"""
+import gc, inspect, sys
+import aiohttp
 from lmeval_opencompass import LmevalOpenAISDK  # as lmeval's configs import it
 from opencompass.models import OpenAISDK
 
-model = LmevalOpenAISDK(path="demo-chat", key="sk-test", openai_api_base="http://127.0.0.1:9/v1",
+REPLIES = {"/v1/chat/completions": ANSWER}
+DELAY = 0.3  # long enough for every asking thread to be in flight at once
+model = LmevalOpenAISDK(path="demo-chat", key="sk-test", openai_api_base=f"http://127.0.0.1:{server.server_address[1]}/v1",
                         tokenizer_path=sys.argv[1], max_seq_len=4096, query_per_second=1000, retry=1)
 frozen = gc.get_freeze_count()
-seen = {}
+sent = []  # (the thread that sent it, its session)
+request = aiohttp.ClientSession._request
 
-def probe(name):
-    first = model.openai_client
-    seen[name] = (id(first), first is model.openai_client, id(first._client._transport._pool._ssl_context))
+async def recording_request(self, *args, **kwargs):
+    sent.append((threading.current_thread().name, id(self)))
+    return await request(self, *args, **kwargs)
 
-threads = [threading.Thread(target=probe, args=(f"t{i}",)) for i in range(3)]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join()
-probe("main")
+aiohttp.ClientSession._request = recording_request
+answers = []
+
+def ask():
+    reply = model.openai_client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "Hi"}])
+    answers.append(reply.choices[0].message.content)
+
+for _ in range(2):  # the second round on the first round's idle connections
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 print(json.dumps({
     "frozen": frozen,
-    "clients": len({client for client, _, _ in seen.values()}),
-    "stable": all(same for _, same, _ in seen.values()),
-    "tls_contexts": len({context for _, _, context in seen.values()}),
+    "answers": len(answers),
+    "sending_threads": sorted({name for name, _ in sent}),
+    "sessions": len({session for _, session in sent}),
+    "connections": len({client for _, client in requests}),
     "sends_through_openai_client": "self.openai_client.chat.completions.create" in inspect.getsource(OpenAISDK._generate),
 }))
 """
@@ -62,39 +104,21 @@ def run_probe(code: str) -> tuple[dict, str]:
 
 
 @pytest.mark.opencompass
-def test_each_request_thread_has_its_own_client_sharing_one_tls_context():
+def test_one_event_loop_sends_every_request_through_one_session_reusing_its_connections():
     report, _ = run_probe(PROBE)
-    assert report == {"frozen": report["frozen"], "clients": 4, "stable": True, "tls_contexts": 1,
-                      "sends_through_openai_client": True}
+    assert report == {"frozen": report["frozen"], "answers": 16, "sending_threads": ["lmeval-requests"],
+                      "sessions": 1, "connections": 8, "sends_through_openai_client": True}
     assert report["frozen"] > 10_000  # torch and transformers objects, out of every collection
 
 
-DEAD_NODE_PROBE = r"""
-import http.server, json, sys, threading
+DEAD_NODE_PROBE = SERVER + r"""
+import sys
 from lmeval_opencompass import LmevalOpenAISDK
 
-replies = {"/dead/v1/chat/completions": {"error_code": 10402, "text": "Failed to get response after a period of time"},
-           "/alive/v1/chat/completions": {"id": "1", "object": "chat.completion", "created": 0, "model": "demo-chat",
-                                          "choices": [{"index": 0, "finish_reason": "stop",
-                                                       "message": {"role": "assistant", "content": "Paris"}}]}}
-sent = []
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers["content-length"]))
-        sent.append(self.path)
-        body = json.dumps(replies[self.path]).encode() + b"\n"
-        self.send_response(200)  # as LMDeploy's proxy answers for a dead node: HTTP 200
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-threading.Thread(target=server.serve_forever, daemon=True).start()
+# as LMDeploy's proxy answers for a dead node: HTTP 200
+REPLIES = {"/dead/v1/chat/completions": {"error_code": 10402, "text": "Failed to get response after a period of time"},
+           "/alive/v1/chat/completions": ANSWER}
+DELAY = 0
 outcome = {}
 for node in ("dead", "alive"):
     model = LmevalOpenAISDK(path="demo-chat", key="sk-test", openai_api_base=f"http://127.0.0.1:{server.server_address[1]}/{node}/v1",
@@ -103,7 +127,7 @@ for node in ("dead", "alive"):
         outcome[node] = model._generate("What is the capital of France?", 16, 0.0)
     except RuntimeError as error:
         outcome[node] = f"{type(error).__name__}: {error}"
-print(json.dumps({"outcome": outcome, "sent": sent}))
+print(json.dumps({"outcome": outcome, "sent": [path for path, _ in requests]}))
 """
 
 

@@ -24,10 +24,13 @@ asks for one. What they change, and why (all checked against OpenCompass 0.5.4's
   `LmevalLocalRunner` (same plugin), forked from the OpenCompass process, which has already
   imported what they import (a new Python spends 7-8 s of CPU on that first).
 - Models and judge are `LmevalOpenAISDK` (lmeval/opencompass_plugin/, on OpenCompass's
-  PYTHONPATH): OpenAISDK with an HTTP client per request thread (one shared httpcore pool
-  slows down with the square of its idle connections, and the client falls far below the
-  server's slots) and the garbage collector frozen after start-up (a full collection over
-  torch's objects stops every request thread for 0.3-0.4 s).
+  PYTHONPATH): OpenAISDK whose requests are all sent and read by one asyncio event loop per
+  task process, each on an idle client of its own (one shared httpcore pool slows down with the
+  square of its idle connections), while OpenCompass's `max_workers` request threads only wait
+  on futures: at 1,536 threads each on its own socket, a GIL held a while (a full collection)
+  left answers waking more threads than 2 cores could serve, and a 15 s hold took 147 s. And
+  the garbage collector frozen after start-up (a full collection over torch's objects holds
+  the GIL for 0.3-0.4 s).
 - Every model and the judge get `tokenizer_path` (a local folder): `OpenAISDK` loads a tokenizer
   when built and otherwise downloads one, which is fatal offline.
 
@@ -51,7 +54,8 @@ Stage = Literal["infer", "eval"]
 # Rendering
 
 META_TEMPLATE = Code("__meta_template")
-# OpenAISDK with an HTTP client per request thread and the garbage collector frozen once built
+# OpenAISDK whose requests go through one event loop per task process, and the garbage collector
+# frozen once built
 # (lmeval/opencompass_plugin/; lmeval puts that folder on OpenCompass's PYTHONPATH).
 MODEL_MODULE, MODEL_CLASS = "lmeval_opencompass", "LmevalOpenAISDK"
 # LocalRunner with each task forked from the OpenCompass process instead of a new Python.
