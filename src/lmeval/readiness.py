@@ -8,6 +8,7 @@ at the deadline. Both name the server, its log and the command that reproduces i
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Sequence
 
 import httpx
@@ -16,6 +17,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 from lmeval.launch import ProxySpec, Server
 
 POLL_SECONDS = 0.05
+FOREIGN_PORT_SECONDS = 5.0  # how long the port must answer for another process before that is said
 CONNECT_SECONDS = 0.5
 
 
@@ -54,6 +56,7 @@ class ReadinessCheck:
         self.server = server
         self.client = client
         self.owned_port = False
+        self.foreign_since: float | None = None  # when its port was first seen answering for another process
 
     def probe(self) -> None:
         """Return when ready; raise NotReady to poll again, ServerFailed to give up."""
@@ -67,6 +70,12 @@ class ReadinessCheck:
         if not self.owned_port:
             if not server.owns_port():
                 server.check_alive()
+                # One scan of the server's sockets can miss its listener while thousands of
+                # connections close (seen as a judge's eval task ended): only a miss that
+                # lasts means another program holds the port.
+                self.foreign_since = self.foreign_since or time.monotonic()
+                if time.monotonic() - self.foreign_since < FOREIGN_PORT_SECONDS:
+                    raise NotReady(f"port {address[1]} answers, not yet seen held by the server")
                 raise server.failure(f"cannot be reached: another process answers on port {address[1]}")
             self.owned_port = True
         if isinstance(spec, ProxySpec):
