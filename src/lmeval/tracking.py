@@ -135,13 +135,15 @@ def make_point(work_dir: Path, run: str, step: int | None = None) -> Point:
 
 
 @contextlib.contextmanager
-def artifacts(point: Point) -> Iterator[list[Path]]:
-    """The run's manifest and its `lmeval report` page (made in a temporary folder)."""
+def artifacts(points: list[Point]) -> Iterator[dict[str, list[Path]]]:
+    """Each point's files to keep, by run id: its manifest and its `lmeval report` page, made
+    once in a temporary folder for every tracker."""
     from lmeval.report import read_run, render_page, write_page
 
     with tempfile.TemporaryDirectory(prefix="lmeval-report-") as folder:
-        page = write_page(render_page(read_run(point.folder)), Path(folder) / "report.html")
-        yield [point.folder / "lmeval.json", page]
+        yield {point.run_id: [point.folder / "lmeval.json",
+                              write_page(render_page(read_run(point.folder)), Path(folder) / point.run_id / "report.html")]
+               for point in points}
 
 
 def new_params(logged: dict[str, str], points: list[Point], warn) -> dict[str, str]:
@@ -164,7 +166,8 @@ def group_run_id(group: str) -> str:
     return f"lmeval-{slug}-{hashlib.sha256(group.encode()).hexdigest()[:8]}"
 
 
-def log_to_mlflow(points: list[Point], destination: Destination, name: str, warn) -> Logged:
+def log_to_mlflow(points: list[Point], files: dict[str, list[Path]], destination: Destination, name: str,
+                  warn) -> Logged:
     for variable, value in MLFLOW_QUICK_FAILURE.items():
         os.environ.setdefault(variable, value)
     import mlflow
@@ -192,9 +195,8 @@ def log_to_mlflow(points: list[Point], destination: Destination, name: str, warn
     for point in points:
         at = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(key, value, at, point.step) for key, value in point.metrics.items()])
-        with artifacts(point) as files:
-            for path in files:
-                client.log_artifact(run_id, str(path), f"lmeval/{point.run_id}")
+        for path in files[point.run_id]:
+            client.log_artifact(run_id, str(path), f"lmeval/{point.run_id}")
     if made:
         with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints its own "View run" lines
             client.set_terminated(run_id)
@@ -215,7 +217,8 @@ def _mlflow_experiment(client) -> str:
     return found.experiment_id if found else client.create_experiment(name)
 
 
-def log_to_wandb(points: list[Point], destination: Destination, name: str, warn) -> Logged:
+def log_to_wandb(points: list[Point], files: dict[str, list[Path]], destination: Destination, name: str,
+                 warn) -> Logged:
     import wandb
 
     how = {"id": destination.run_id, "resume": "allow"} if destination.run_id else (
@@ -231,10 +234,9 @@ def log_to_wandb(points: list[Point], destination: Destination, name: str, warn)
             run.log({PREFIX + "step": point.step, **point.metrics})
             artifact = wandb.Artifact(f"lmeval-{point.run_id}", type="lmeval-run",
                                       metadata={"step": point.step, "model": point.model})
-            with artifacts(point) as files:
-                for path in files:
-                    artifact.add_file(str(path))
-                run.log_artifact(artifact)  # add_file copied the files: the folder may go
+            for path in files[point.run_id]:
+                artifact.add_file(str(path))
+            run.log_artifact(artifact)  # add_file copied the files: the folder may go
         url = (f"offline run {run.id} in {Path(run.dir).parent} (upload it with `wandb sync`)" if run.offline
                else run.url)
         return Logged("wandb", run.id, url)
@@ -270,22 +272,40 @@ def log_runs(app, work_dir: Path, points: list[Point], trackers: tuple[str, ...]
     if len(set(steps)) < len(steps):
         app.warn(f"runs {', '.join(run_ids)} share a step ({', '.join(map(str, steps))}): their points overlap; "
                  "name each checkpoint's folder by its step or give --step")
-    went = True
-    for tracker in trackers:
+    with contextlib.ExitStack() as stack:
         try:
-            logged = LOGGERS[tracker](points, destination, name or run_ids[0], app.warn)
-            for point in points:
-                record(point, logged)
-        except Exception as error:  # noqa: BLE001 - whatever the library raised, the evaluation stands
-            went = False
-            app.warn(f"could not log to {TRACKERS[tracker]} ({failure_reason(error)}); the scores are kept in the "
-                     f"run; retry with: lmeval log {' '.join(run_ids)} -w {work_dir} --to {tracker}"
-                     f"{destination.options()}")
-            continue
-        at = f"step {steps[0]}" if len(points) == 1 else f"steps {', '.join(map(str, sorted(steps)))}"
-        app.info(f"logged {len(points)} run{'s' if len(points) > 1 else ''} to {TRACKERS[tracker]} at {at}: "
-                 f"{logged.url}")
-    return went
+            files = stack.enter_context(artifacts(points))
+        except Exception as error:  # noqa: BLE001 - as a tracker's failure: the evaluation stands
+            app.warn(f"could not make the report pages to log ({failure_reason(error)}); the scores are kept in the "
+                     f"run; retry with: {retry_line(work_dir, run_ids, trackers, destination)}")
+            return False
+        return all([log_to(app, tracker, points, files, destination, name or run_ids[0], work_dir)
+                    for tracker in trackers])
+
+
+def log_to(app, tracker: str, points: list[Point], files: dict[str, list[Path]], destination: Destination,
+           name: str, work_dir: Path) -> bool:
+    """Log POINTS to TRACKER and record it in their manifests; whether it went."""
+    run_ids = [point.run_id for point in points]
+    steps = [point.step for point in points]
+    try:
+        logged = LOGGERS[tracker](points, files, destination, name, app.warn)
+        for point in points:
+            record(point, logged)
+    except Exception as error:  # noqa: BLE001 - whatever the library raised, the evaluation stands
+        app.warn(f"could not log to {TRACKERS[tracker]} ({failure_reason(error)}); the scores are kept in the "
+                 f"run; retry with: {retry_line(work_dir, run_ids, [tracker], destination)}")
+        return False
+    at = f"step {steps[0]}" if len(points) == 1 else f"steps {', '.join(map(str, sorted(steps)))}"
+    app.info(f"logged {len(points)} run{'s' if len(points) > 1 else ''} to {TRACKERS[tracker]} at {at}: "
+             f"{logged.url}")
+    return True
+
+
+def retry_line(work_dir: Path, run_ids: list[str], trackers, destination: Destination) -> str:
+    """The `lmeval log` line that logs RUN_IDS to TRACKERS again, where they were meant to go."""
+    to = "".join(f" --to {tracker}" for tracker in trackers)
+    return f"lmeval log {' '.join(run_ids)} -w {work_dir}{to}{destination.options()}"
 
 
 def failure_reason(error: BaseException) -> str:
